@@ -1,0 +1,54 @@
+# Each target creates the environment it needs (.venv) if missing.
+#   make lab      JupyterLab on the course
+#   make course   run every solution notebook headless under COURSE_PROFILE -> build/
+#   make test     unit tests + every notebook (solutions and student versions) under nbval
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine's pip finds these wheels locally; elsewhere override, e.g. for a CPU-only laptop:
+#   make test TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+COURSE_PROFILE ?= smoke
+JOBS ?= 2
+
+.PHONY: env lab course test student check lint clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]" ruff
+	$(PY) -c "import torch, course_lib; print('environment ready: torch', torch.__version__)"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab solutions/
+
+course: $(STAMP)
+	@mkdir -p build/executed build/html
+	@for nb in solutions/*.ipynb; do \
+	  echo "== $$nb"; \
+	  $(VENV)/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
+	    --output-dir build/executed "$$nb" || exit 1; \
+	  $(VENV)/bin/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)" || exit 1; \
+	done
+	$(PY) -m course_lib.results build/results.md
+
+test: $(STAMP)
+	COURSE_PROFILE=$(COURSE_PROFILE) $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
+	  --nbval-cell-timeout=600 -p no:cacheprovider tests solutions notebooks
+
+student: $(STAMP)
+	$(PY) -m course_lib.assignments build
+
+check: $(STAMP)
+	$(PY) -m course_lib.assignments check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check course_lib tests benchmarks
+
+clean:
+	rm -rf build .pytest_cache

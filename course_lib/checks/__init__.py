@@ -1,0 +1,6 @@
+"""Exercise checkers: ``checks.<exercise>(your_function)`` prints a verdict and returns it.
+
+Each topic has its own module; all checkers are importable from here.
+"""
+from ._core import CheckFailed, Verdict, checker, expect, expect_close, expect_tensor  # noqa: F401
+from .basics import *  # noqa: F401,F403
