@@ -182,7 +182,8 @@ def from_py(text: str) -> dict:
     if cur is not None:
         cells.append(cur)
     nb_cells = []
-    for c in cells:
+    for i, c in enumerate(cells):
+        c["id"] = f"cell-{i:03d}"
         lines = c.pop("lines")
         while lines and not lines[-1].strip():
             lines.pop()
