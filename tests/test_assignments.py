@@ -1,0 +1,127 @@
+"""Student versions: markers, hidden tests, outputs, malformed markers, the check command."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from course_lib import assignments as asg
+
+
+def nb(*cells):
+    return {"cells": list(cells), "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def code(src, outputs=None, count=None):
+    return {"cell_type": "code", "source": src, "metadata": {}, "outputs": outputs or [], "execution_count": count}
+
+
+def md(src):
+    return {"cell_type": "markdown", "source": src, "metadata": {}}
+
+
+SOLUTION = code(
+    "def f(x):\n"
+    "    \"\"\"Doc.\"\"\"\n"
+    "    ### BEGIN SOLUTION\n"
+    "    y = x + 1\n"
+    "    return y\n"
+    "    ### END SOLUTION\n"
+    "\n"
+    "print(f(1))",
+    outputs=[{"output_type": "stream", "name": "stdout", "text": "2\n"}], count=3)
+
+
+def test_solution_region_becomes_not_implemented_at_same_indent():
+    out = asg.student_version(nb(SOLUTION))
+    src = out["cells"][0]["source"]
+    assert src == 'def f(x):\n    """Doc."""\n    raise NotImplementedError()\n\nprint(f(1))'
+    assert out["cells"][0]["outputs"] == [] and out["cells"][0]["execution_count"] is None
+
+
+def test_markdown_answer_and_hidden_tests():
+    cells = [md("Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION"),
+             code("check(f)\n### BEGIN HIDDEN TESTS\nassert f(2) == 3\n### END HIDDEN TESTS\nprint('done')")]
+    out = asg.student_version(nb(*cells))
+    assert out["cells"][0]["source"] == "Why?\nYOUR ANSWER HERE"
+    assert out["cells"][1]["source"] == "check(f)\nprint('done')"
+
+
+def test_source_as_list_and_original_untouched():
+    original = nb(code(["x = 1\n", "### BEGIN SOLUTION\n", "x = 2\n", "### END SOLUTION\n"]))
+    snapshot = json.dumps(original)
+    out = asg.student_version(original)
+    assert out["cells"][0]["source"] == "x = 1\nraise NotImplementedError()\n"
+    assert json.dumps(original) == snapshot
+
+
+@pytest.mark.parametrize("src, needle", [
+    ("### BEGIN SOLUTION\nx = 1", "never closed"),
+    ("x = 1\n### END SOLUTION", "without a matching"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n### END SOLUTION", "cannot nest"),
+    ("### BEGIN HIDDEN TESTS\nx\n### END SOLUTION", "without a matching"),
+])
+def test_malformed_markers_name_notebook_and_cell(src, needle):
+    with pytest.raises(asg.MarkerError) as err:
+        asg.student_version(nb(md("intro"), code(src)), "07_demo.ipynb")
+    assert needle in str(err.value) and "07_demo.ipynb, cell 1" in str(err.value)
+
+
+def write(path, notebook):
+    path.write_text(asg.dumps(notebook), encoding="utf-8")
+
+
+def test_build_and_check(tmp_path):
+    sol, stu = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    write(sol / "01_x.ipynb", asg.clean(nb(SOLUTION)))
+    assert asg.check(sol, stu) == [f"{stu / '01_x.ipynb'}: missing; run `python -m course_lib.assignments build`"]
+    asg.build(sol, stu)
+    assert asg.check(sol, stu) == []
+    assert "NotImplementedError" in (stu / "01_x.ipynb").read_text()
+    # a hand edit of the student version is caught
+    edited = json.loads((stu / "01_x.ipynb").read_text())
+    edited["cells"][0]["source"] += "\n# sneaky"
+    write(stu / "01_x.ipynb", edited)
+    assert any("differs from a fresh build" in p for p in asg.check(sol, stu))
+    asg.build(sol, stu)
+    # outputs committed in a solution are caught
+    write(sol / "01_x.ipynb", nb(SOLUTION))
+    assert any("has outputs" in p for p in asg.check(sol, stu))
+    # an orphan student notebook is caught
+    write(sol / "01_x.ipynb", asg.clean(nb(SOLUTION)))
+    write(stu / "99_orphan.ipynb", nb())
+    assert any("99_orphan" in p and "no source" in p for p in asg.check(sol, stu))
+
+
+def test_cli_check_exit_codes(tmp_path):
+    sol, stu = tmp_path / "solutions", tmp_path / "notebooks"
+    sol.mkdir()
+    write(sol / "01_x.ipynb", asg.clean(nb(SOLUTION)))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "course_lib.assignments", *a,
+                                     "--solutions", str(sol), "--notebooks", str(stu)],
+                                    capture_output=True, text=True, timeout=60)
+    bad = run("check")
+    assert bad.returncode == 1 and "01_x.ipynb" in bad.stderr
+    assert run("build").returncode == 0
+    assert run("check").returncode == 0
+    write(sol / "02_bad.ipynb", nb(code("### BEGIN SOLUTION\nx = 1")))
+    broken = run("build")
+    assert broken.returncode == 2 and "02_bad.ipynb, cell 0" in broken.stderr
+
+
+def test_percent_format_round_trip():
+    text = ('# %% [markdown]\n# # Title\n#\n# Some *prose*.\n\n# %% tags=["parameters"]\nimport torch\nCFG = 1\n\n'
+            '# %%\ndef f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n')
+    notebook = asg.from_py(text)
+    assert [c["cell_type"] for c in notebook["cells"]] == ["markdown", "code", "code"]
+    assert notebook["cells"][0]["source"] == "# Title\n\nSome *prose*."
+    assert notebook["cells"][1]["metadata"]["tags"] == ["parameters"]
+    assert asg.from_py(asg.to_py(notebook))["cells"] == notebook["cells"]
+
+
+def test_repository_notebooks_are_built_and_clean():
+    """The committed notebooks/ equals a fresh build of solutions/, and nothing holds outputs."""
+    assert asg.check() == []
