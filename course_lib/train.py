@@ -97,7 +97,8 @@ class History:
     eval: list[dict[str, float]] = field(default_factory=list)
     tokens_per_s: float | None = None
     mfu: float | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock of the run, evaluation included
+    eval_seconds: float = 0.0  # of which evaluation (excluded from tokens/s)
     steps_done: int = 0
     interrupted: bool = False
 
@@ -194,7 +195,7 @@ def fit(
     resume: bool = True,
     stop_at: int | None = None,
     max_seconds: float | None = None,
-    tokens_per_step: int | None = None,
+    tokens_per_step: int | None = None,  # tokens in one micro-batch, for tokens/s
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
@@ -269,10 +270,12 @@ def fit(
     def evaluate(step: int) -> None:
         if eval_fn is None:
             return
+        t_eval = time.perf_counter()
         model.eval()
         with torch.no_grad(), policy.context():
             metrics = {k: float(v) for k, v in eval_fn(run_model).items()}
         model.train()
+        history.eval_seconds += time.perf_counter() - t_eval
         history.eval_step.append(step)
         history.eval.append(metrics)
 
@@ -358,8 +361,9 @@ def fit(
     synchronize(dev)
     history.seconds = time.perf_counter() - t0
     history.steps_done = step
-    if tokens_per_step and timed_steps and history.seconds > 0:
-        history.tokens_per_s = tokens_per_step * accum_steps * timed_steps / history.seconds
+    train_seconds = history.seconds - history.eval_seconds
+    if tokens_per_step and timed_steps and train_seconds > 0:
+        history.tokens_per_s = tokens_per_step * accum_steps * timed_steps / train_seconds
         peak = peak_flops or peak_flops_for(dev)
         if flops_per_token and peak:
             history.mfu = flops_per_token * history.tokens_per_s / peak
