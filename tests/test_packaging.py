@@ -19,7 +19,8 @@ def test_environment_yml_matches_pyproject():
     wanted |= {_name(s) for group in project.get("optional-dependencies", {}).values() for s in group}
     wanted = {CONDA_NAMES.get(n, n) for n in wanted}
     conda = set()
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    text = (ROOT / "environment.yml").read_text()
+    for line in text.split("\ndependencies:", 1)[1].splitlines():
         m = re.match(r"^  - ([A-Za-z0-9_.\-]+)", line)
         if m and m.group(1) not in ("python", "pip"):
             conda.add(_name(m.group(1)))
