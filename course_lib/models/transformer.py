@@ -83,6 +83,41 @@ def _combine_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tenso
     return mask
 
 
+class KVCache:
+    """Keys and values of the tokens one self-attention layer has already seen (decoding).
+
+    During generation token t's keys and values never change once computed, so each step only
+    projects the new token(s) and appends them here: K = [K_past; k_new], V = [V_past; v_new].
+    Shapes are (B, h, n_seen, d_head). ``max_len`` (optional) makes an overflow a clear error.
+    """
+
+    def __init__(self, max_len: int | None = None):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new keys/values (B, h, n_new, d_head); return all of them so far."""
+        if k.dim() != 4 or k.shape != v.shape:
+            raise ValueError(f"KVCache.append expects k and v of equal shape (B, h, n_new, d_head), "
+                             f"got {tuple(k.shape)} and {tuple(v.shape)}")
+        if self.k is not None and (self.k.shape[:2] != k.shape[:2] or self.k.size(3) != k.size(3)):
+            raise ValueError(f"KVCache holds (B, h, n, d_head) = {tuple(self.k.shape)}, "
+                             f"cannot append {tuple(k.shape)}")
+        n_after = len(self) + k.size(2)
+        if self.max_len is not None and n_after > self.max_len:
+            raise ValueError(f"KVCache is full: {len(self)} + {k.size(2)} tokens exceed max_len={self.max_len}")
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reset(self) -> None:
+        self.k = self.v = None
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (self- or cross-) attention with fused Q/K/V projections.
 
@@ -104,10 +139,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, causal: bool = False,
                 attn_mask: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
-                return_weights: bool = False):
+                return_weights: bool = False, kv_cache: KVCache | None = None):
         """Y for queries from ``x`` (B, n, d) and keys/values from ``context`` (default: ``x``).
 
-        With ``return_weights`` also returns A (B, h, n, n_keys), computed explicitly.
+        With ``return_weights`` also returns A (B, h, n, n_keys), computed explicitly. With
+        ``kv_cache`` (self-attention only) the new keys/values are appended to the cache and the
+        queries attend to everything cached; ``causal`` then lets query i (the cache's
+        ``len - n + i``-th token) see keys up to itself.
         """
         if x.dim() != 3 or x.size(-1) != self.d_model:
             raise ValueError(f"expected input of shape (B, n, d_model={self.d_model}), got {tuple(x.shape)}")
@@ -122,6 +160,10 @@ class MultiHeadAttention(nn.Module):
             q = F.linear(x, w_q, b_q)
             k, v = F.linear(context, w_kv, b_kv).split(d, dim=-1)
         q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
+        if kv_cache is not None:
+            if context is not None:
+                raise ValueError("kv_cache is for self-attention; cross-attention keys do not grow")
+            k, v = kv_cache.append(k, v)
         nk = k.size(2)
         mask = _combine_masks(attn_mask, key_padding_mask, B, self.n_heads, n, nk)
         if causal:
@@ -200,9 +242,12 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias, activation)
         self.causal, self.norm_first = causal, norm_first
 
-    def forward(self, x: torch.Tensor, *, attn_mask=None, key_padding_mask=None, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, *, attn_mask=None, key_padding_mask=None, return_weights: bool = False,
+                kv_cache: KVCache | None = None):
         kw = dict(causal=self.causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                   return_weights=return_weights)
+        if kv_cache is not None:
+            kw["kv_cache"] = kv_cache
         if self.norm_first:
             out = self.attn(self.ln1(x), **kw)
             a, w = out if return_weights else (out, None)

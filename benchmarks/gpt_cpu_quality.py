@@ -1,0 +1,57 @@
+"""Quality of the char-level GPT on Tiny Shakespeare with nanoGPT's CPU configuration.
+
+nanoGPT's README trains (n_layer=4, n_head=4, n_embd=128, block_size=64, batch 12, 2000 iters,
+dropout 0, lr 1e-3 -> 1e-4 cosine) on a laptop CPU and reports val loss ~1.88. This script runs
+the same configuration through ``course_lib.train.fit`` and prints JSON:
+
+    COURSE_DATA_MIRROR=../shared/data python benchmarks/gpt_cpu_quality.py [--iters 2000]
+
+Target: val loss <= 1.88 in <= 3 minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from course_lib import device as _device
+from course_lib.models.gpt import GPT, GPTConfig
+from course_lib.text import CharCorpus, estimate_loss, lm_loss
+from course_lib.train import fit
+
+NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, iters=2000, lr=1e-3,
+                   min_lr_ratio=0.1, warmup=100, dropout=0.0)
+
+
+def run(iters: int = 2000, eval_iters: int = 200, seed: int = 1337, threads: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = dict(NANOGPT_CPU, iters=iters)
+    _device.seed_everything(seed)
+    corpus = CharCorpus.load()
+    model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"]))
+    t0 = time.perf_counter()
+    hist = fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], cfg["block_size"], seed=seed),
+               steps=iters, lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"],
+               betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, device="cpu", progress=False,
+               log_every=50, tokens_per_step=cfg["batch_size"] * cfg["block_size"])
+    train_s = time.perf_counter() - t0
+    model.eval()
+    losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["block_size"], iters=eval_iters)
+    return {"benchmark": "gpt_cpu_quality", "config": cfg, "params": model.num_params(),
+            "train_seconds": round(train_s, 1), "tokens_per_s": round(hist.tokens_per_s or 0.0),
+            "val_loss": round(losses["val_loss"], 4), "train_loss": round(losses["train_loss"], 4),
+            "eval_iters": eval_iters, "threads": torch.get_num_threads(),
+            "hardware": _device.describe("cpu"), "target": {"val_loss": 1.88, "seconds": 180}}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--eval-iters", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    print(json.dumps(run(args.iters, args.eval_iters, threads=args.threads), indent=2))

@@ -1,0 +1,385 @@
+"""GPT: a decoder-only transformer language model (Radford et al., 2018, "Improving Language
+Understanding by Generative Pre-Training"; 2019, "Language Models are Unsupervised Multitask
+Learners"; Brown et al., 2020, "Language Models are Few-Shot Learners").
+
+In the lecture's notation: token ids x_1..x_n are embedded, X = E_tok[x] + E_pos[1..n]
+(learned position embeddings), passed through L masked (causal) pre-norm blocks -- token t can
+only see tokens <= t -- then a final LayerNorm and the LM head, which reuses E_tok
+(weight tying, Press & Wolf, 2017): logits = LN(H) E_tok^T. Pre-training minimises the
+next-token cross-entropy  L = -1/n sum_t log p(x_{t+1} | x_1..x_t).
+
+Also here: the GPT-1/2/3 configurations and their parameter counts and FLOPs per token,
+generation (greedy, temperature, top-k, top-p) with an optional KV cache, and loading OpenAI's
+GPT-2 weights from a Hugging Face checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transformer import Block, KVCache
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int  # the context length n_ctx: the most tokens the model ever sees at once
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float = 0.0
+    bias: bool = True
+    tie_weights: bool = True
+
+    def __post_init__(self):
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"GPTConfig.{k} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The lecture's table, plus GPT-2's four sizes. ``published`` is the count the papers state.
+# GPT-2's paper lists 117M/345M/762M/1542M; the released small model, counted exactly with tied
+# embeddings, has 124,439,808 parameters (the paper's figure excluded something; see notebook 06).
+CONFIGS: dict[str, GPTConfig] = {
+    "gpt1": GPTConfig(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768),
+    "gpt2": GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": GPTConfig(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": GPTConfig(vocab_size=50257, block_size=1024, n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": GPTConfig(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, n_embd=1600),
+    "gpt3": GPTConfig(vocab_size=50257, block_size=2048, n_layer=96, n_head=96, n_embd=12288),
+}
+PUBLISHED_PARAMS: dict[str, float] = {
+    "gpt1": 117e6, "gpt2": 117e6, "gpt2-medium": 345e6, "gpt2-large": 762e6, "gpt2-xl": 1542e6,
+    "gpt3": 175e9,
+}
+
+
+class GPT(nn.Module):
+    """Token + position embeddings -> L causal blocks -> LayerNorm -> tied LM head -> logits."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(c.n_embd, c.n_head, 4.0, c.dropout, c.bias, causal=True, norm_first=True,
+                  activation="gelu_tanh")
+            for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the two residual output
+        projections of each block scaled by 1/sqrt(2 L) so the residual stream's variance does
+        not grow with depth."""
+        if self.wte.weight.device.type == "meta":
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+        std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for blk in self.blocks:
+            nn.init.normal_(blk.attn.proj.weight, 0.0, std)
+            nn.init.normal_(blk.mlp.proj.weight, 0.0, std)
+
+    def new_kv_caches(self) -> list[KVCache]:
+        """One empty cache per layer, each holding at most ``block_size`` tokens."""
+        return [KVCache(max_len=self.config.block_size) for _ in self.blocks]
+
+    def forward(self, idx: torch.Tensor, kv_caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits (B, n, V) for token ids ``idx`` (B, n). With ``kv_caches`` (from
+        :meth:`new_kv_caches`) ``idx`` continues the cached tokens: positions start after them."""
+        c = self.config
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            raise ValueError(f"idx must be a (B, n) tensor of token ids, got "
+                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        past = 0
+        if kv_caches is not None:
+            if len(kv_caches) != c.n_layer:
+                raise ValueError(f"need one KV cache per layer ({c.n_layer}), got {len(kv_caches)}")
+            past = len(kv_caches[0])
+        B, n = idx.shape
+        if n == 0:
+            raise ValueError("idx must hold at least one token per sequence, got n = 0")
+        if past + n > c.block_size:
+            raise ValueError(f"sequence length {past + n} (cached {past} + new {n}) exceeds the context "
+                             f"length block_size={c.block_size}; crop the input (generate(..., slide=True) "
+                             f"does that for you)")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got ids in [{lo}, {hi}]")
+        pos = torch.arange(past, past + n, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, kv_cache=None if kv_caches is None else kv_caches[i])
+        return self.lm_head(self.ln_f(x))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, tied ones counted once; ``non_embedding`` leaves out the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def load_state_dict_checked(self, state: dict, where: str = "checkpoint") -> None:
+        """``load_state_dict`` with an error naming the first mismatching key and both shapes."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"{where} does not fit this model: missing keys {missing[:5]}, "
+                             f"unexpected keys {extra[:5]}")
+        for k, v in own.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ValueError(f"{where}: {k!r} has shape {tuple(state[k].shape)}, this model "
+                                 f"({self.config}) expects {tuple(v.shape)}")
+        self.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting: parameters and FLOPs
+# ---------------------------------------------------------------------------------------------
+
+def param_count(config: GPTConfig) -> int:
+    """The closed form: V d + n_ctx d (embeddings) + L (12 d^2 + 13 d) (blocks) + 2 d (final LN),
+    plus V d more when the LM head is not tied (all with biases, MLP ratio 4)."""
+    V, T, L, d = config.vocab_size, config.block_size, config.n_layer, config.n_embd
+    per_block = 12 * d * d + 13 * d if config.bias else 12 * d * d + 4 * d
+    total = V * d + T * d + L * per_block + (2 * d if config.bias else d)
+    return total if config.tie_weights else total + V * d
+
+
+def count_params_meta(config: GPTConfig) -> int:
+    """Build the model on the meta device (no memory, no init) and count its parameters: works
+    for GPT-3's 175B on a laptop."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return model.num_params()
+
+
+def flops_per_token(config: GPTConfig, training: bool = True) -> float:
+    """Model FLOPs per token, as in PaLM (Chowdhery et al., 2022, appendix B) and nanoGPT.
+
+    Every weight does one multiply-add per token in the forward pass: 2 N FLOPs (N excludes the
+    position table, a lookup). Attention adds the scores Q K^T and the sum A V, 2 n_ctx d FLOPs
+    each per layer: 4 L n_ctx d. The backward pass costs about twice the forward, so training is
+    3 (2 N + 4 L n_ctx d) = 6 N + 12 L n_ctx d."""
+    n = param_count(config) - config.block_size * config.n_embd
+    forward = 2 * n + 4 * config.n_layer * config.block_size * config.n_embd
+    return float(3 * forward if training else forward)
+
+
+# ---------------------------------------------------------------------------------------------
+# The exercises' references
+# ---------------------------------------------------------------------------------------------
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting tokens[:, t+1] from logits[:, t] (the last position has
+    no target): logits (B, n, V) computed on ``tokens`` (B, n) itself."""
+    if logits.dim() != 3 or tokens.dim() != 2 or logits.shape[:2] != tokens.shape:
+        raise ValueError(f"expected logits (B, n, V) and tokens (B, n) with equal B, n; got "
+                         f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
+    if tokens.size(1) < 2:
+        raise ValueError(f"need at least 2 tokens per sequence to predict a next one, got {tokens.size(1)}")
+    pred = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    return F.cross_entropy(pred, tokens[:, 1:].reshape(-1))
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row, set the rest to -inf (ties at the k-th value kept)."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {k!r}")
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"):
+    keep the smallest set of most likely tokens whose probabilities sum to at least p."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above
+    drop_sorted = before >= p  # the most likely token always stays (before = 0 < p)
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def kv_attention_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                      k_cache: torch.Tensor | None, v_cache: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding step of attention with a KV cache, for the newest token only:
+    K = [K_cache; k_new], V = [V_cache; v_new], y = softmax(q K^T / sqrt(d)) V.
+    Shapes (B, h, 1, d) for q, k_new, v_new and (B, h, n_past, d) for the cache (None: empty).
+    Returns (y (B, h, 1, d), K, V). No mask is needed: the newest token may see every key."""
+    K = k_new if k_cache is None else torch.cat([k_cache, k_new], dim=2)
+    V = v_new if v_cache is None else torch.cat([v_cache, v_new], dim=2)
+    scores = q @ K.transpose(-2, -1) / math.sqrt(q.size(-1))
+    return torch.softmax(scores, dim=-1) @ V, K, V
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B, 1) from last-position logits (B, V). ``temperature=0`` is greedy."""
+    if logits.dim() != 2:
+        raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+             slide: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue ``idx`` (B, n) by ``max_new_tokens`` tokens; returns (B, n + max_new_tokens).
+
+    ``temperature=0`` is greedy decoding. With ``use_cache`` each step feeds only the newest
+    token through the model and reuses the cached keys/values (same output as without it).
+    A sequence longer than the context is an error unless ``slide=True``, which conditions on
+    the last ``block_size`` tokens (once the window is full the cache is rebuilt every step).
+    """
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (B, n) token ids, got shape {tuple(idx.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    bs = model.config.block_size
+    if not slide and idx.size(1) + max_new_tokens > bs:
+        raise ValueError(f"prompt ({idx.size(1)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"context length block_size={bs}; pass slide=True to condition on the last "
+                         f"{bs} tokens")
+    was_training = model.training
+    model.eval()
+    caches = None
+    try:
+        for _ in range(max_new_tokens):
+            if use_cache and caches is not None and len(caches[0]) < bs:
+                logits = model(idx[:, -1:], kv_caches=caches)
+            else:
+                window = idx[:, -bs:]
+                caches = model.new_kv_caches() if use_cache else None
+                logits = model(window, kv_caches=caches)
+            nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
+                              generator=generator)
+            idx = torch.cat([idx, nxt.to(idx.device)], dim=1)
+    finally:
+        model.train(was_training)
+    return idx
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI's GPT-2 weights (Hugging Face format)
+# ---------------------------------------------------------------------------------------------
+
+_HF_SKIP = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
+
+
+def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face GPT-2 state dict to ours. HF stores its linear layers as ``Conv1D``
+    with weights (in, out), so those are transposed; the LM head is tied and not stored."""
+    out: dict[str, torch.Tensor] = {}
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    rename = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
+              "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+    for key, t in hf_state.items():
+        k = key.removeprefix("transformer.")
+        if k.endswith(_HF_SKIP) or k == "lm_head.weight":
+            continue
+        if k.startswith("h."):
+            _, layer, rest = k.split(".", 2)
+            new_rest = rest
+            for a, b in rename.items():
+                if rest.startswith(a + "."):
+                    new_rest = b + rest[len(a):]
+                    break
+            t = t.t().contiguous() if rest in transposed else t
+            out[f"blocks.{layer}.{new_rest}"] = t
+        elif k.split(".")[0] in ("wte", "wpe", "ln_f"):
+            out[k] = t
+        else:
+            raise ValueError(f"unexpected key {key!r} in a GPT-2 checkpoint")
+    if "wte.weight" in out:
+        out["lm_head.weight"] = out["wte.weight"]
+    return out
+
+
+def config_from_hf(hf_config: dict) -> GPTConfig:
+    """Our config from a Hugging Face ``config.json`` of a GPT-2 model."""
+    if hf_config.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got {hf_config.get('model_type')!r}")
+    act = hf_config.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"our GPT uses the tanh GELU ('gelu_new'); this checkpoint uses {act!r}")
+    inner = hf_config.get("n_inner")
+    if inner not in (None, 4 * hf_config["n_embd"]):
+        raise ValueError(f"our GPT has an MLP of 4 * n_embd = {4 * hf_config['n_embd']}, checkpoint has {inner}")
+    return GPTConfig(vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
+                     n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
+
+
+def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None = None,
+                       weights: str | Path | None = None) -> GPT:
+    """Our GPT with the weights of a Hugging Face GPT-2 checkpoint: a folder with
+    ``config.json`` and ``model.safetensors`` (e.g. written by ``save_pretrained``), or the two
+    given separately."""
+    from safetensors.torch import load_file
+
+    if folder is not None:
+        folder = Path(folder)
+        if config is None:
+            config = json.loads((folder / "config.json").read_text())
+        weights = weights or folder / "model.safetensors"
+    if config is None or weights is None:
+        raise ValueError("give a checkpoint folder, or both config (dict) and weights (path)")
+    model = GPT(config_from_hf(config))
+    state = hf_gpt2_to_ours(load_file(str(weights)))
+    model.load_state_dict_checked(state, where=f"GPT-2 checkpoint {weights}")
+    return model.eval()
+
+
+def from_pretrained_gpt2(repo_id: str = "openai-community/gpt2") -> GPT:
+    """OpenAI's GPT-2 (124M by default) from the Hugging Face hub, cached by the data layer.
+    Offline and not cached: ``course_lib.data.DataError`` saying where to put the files."""
+    from ..data import fetch_hf
+
+    cfg = json.loads(fetch_hf(repo_id, "config.json").read_text())
+    return from_hf_checkpoint(config=cfg, weights=fetch_hf(repo_id, "model.safetensors"))
