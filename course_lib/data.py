@@ -264,61 +264,6 @@ def fetch_hf(repo_id: str, filename: str, *, revision: str | None = None, offlin
         except Exception as e:
             problem = f"\n  - download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     else:
-        problem = "\n  - the Hugging Face hub is not reachable (offline" + (", COURSE_OFFLINE is set)" if offline else ")")
-    where = ", ".join(str(m) for m in mirror_dirs()) or "(COURSE_DATA_MIRROR not set)"
-    raise DataError(
-        f"cannot get {filename} of the Hugging Face repository {repo_id!r}.\n"
-        f"Canonical address: https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{filename}\n"
-        f"Cache: {hub_cache}; mirrors searched: {where}\n"
-        f"To fix: connect to the internet, or download the file elsewhere and put it at "
-        f"<mirror>/{flat}/{filename} in a folder named by COURSE_DATA_MIRROR." + problem
-    )
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """A quick DNS + TCP probe, so an offline machine gets its error in seconds, not after retries."""
-    import socket
-
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def fetch_hf(repo_id: str, filename: str, *, revision: str | None = None, offline: bool | None = None) -> Path:
-    """A file from the Hugging Face hub (e.g. ``fetch_hf("openai-community/gpt2", "model.safetensors")``),
-    cached under ``<COURSE_DATA_DIR>/hf``. Mirrors are searched first, as
-    ``<mirror>/<owner>--<name>/<filename>`` or ``<mirror>/<filename>``. Offline (no network, or
-    ``COURSE_OFFLINE=1``) and not cached: a :class:`DataError` saying where to put the file."""
-    if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
-        raise ValueError(f"repo_id must look like 'owner/name' (or a bare model name), got {repo_id!r}")
-    if not isinstance(filename, str) or not filename.strip():
-        raise ValueError(f"filename must be a non-empty file name in the repository, got {filename!r}")
-    if offline is None:
-        offline = os.environ.get("COURSE_OFFLINE", "") not in ("", "0")
-    flat = repo_id.replace("/", "--")
-    for folder in mirror_dirs():
-        for candidate in (folder / flat / filename, folder / filename):
-            if candidate.exists():
-                return candidate
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - a dependency of the course
-        raise DataError("huggingface_hub is not installed: pip install huggingface_hub") from None
-    hub_cache = cache_dir() / "hf"
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache,
-                                    local_files_only=True))
-    except Exception:
-        pass  # not cached yet
-    problem = ""
-    if not offline and _hub_reachable():
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=hub_cache))
-        except Exception as e:
-            problem = f"\n  - download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    else:
         why = "COURSE_OFFLINE is set" if offline else "offline"
         problem = f"\n  - the Hugging Face hub is not reachable ({why})"
     where = ", ".join(str(m) for m in mirror_dirs()) or "(COURSE_DATA_MIRROR not set)"
