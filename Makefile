@@ -28,14 +28,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab solutions/
 
 course: $(STAMP)
-	@mkdir -p build/executed build/html
-	@for nb in solutions/*.ipynb; do \
-	  echo "== $$nb"; \
-	  $(VENV)/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	    --output-dir build/executed "$$nb" || exit 1; \
-	  $(VENV)/bin/jupyter nbconvert --to html --output-dir build/html "build/executed/$$(basename $$nb)" || exit 1; \
-	done
-	$(PY) -m course_lib.results build/results.md
+	$(PY) benchmarks/run_notebooks.py --out build
 
 test: $(STAMP)
 	COURSE_PROFILE=$(COURSE_PROFILE) $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
