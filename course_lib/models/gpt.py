@@ -14,6 +14,7 @@ GPT-2 weights from a Hugging Face checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -172,6 +173,7 @@ def param_count(config: GPTConfig) -> int:
     return total if config.tie_weights else total + V * d
 
 
+@functools.lru_cache(maxsize=64)
 def count_params_meta(config: GPTConfig) -> int:
     """Build the model on the meta device (no memory, no init) and count its parameters: works
     for GPT-3's 175B on a laptop."""
