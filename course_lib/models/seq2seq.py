@@ -93,6 +93,13 @@ def context_vector(alpha: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return torch.bmm(alpha.unsqueeze(1), H).squeeze(1)
 
 
+def attention_context(e: torch.Tensor, H: torch.Tensor, padding_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_i = masked softmax_j(e_ij) and c_i = sum_j alpha_ij h_j, returned as (alpha, c)."""
+    alpha = masked_softmax(e, padding_mask)
+    return alpha, context_vector(alpha, H)
+
+
 def bahdanau_attention(s_prev: torch.Tensor, H: torch.Tensor, W: torch.Tensor, U: torch.Tensor,
                        v: torch.Tensor, padding_mask: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
