@@ -22,17 +22,18 @@ from course_lib.text import CharCorpus, estimate_loss, lm_loss
 from course_lib.train import fit
 
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, iters=2000, lr=1e-3,
-                   min_lr_ratio=0.1, warmup=100, dropout=0.0)
+                   min_lr_ratio=0.1, warmup=100, dropout=0.0, bias=False)  # nanoGPT's default: no biases
 
 
-def run(iters: int = 2000, eval_iters: int = 200, seed: int = 1337, threads: int | None = None) -> dict:
+def run(iters: int = 2000, eval_iters: int = 200, seed: int = 1337, threads: int | None = None,
+        bias: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    cfg = dict(NANOGPT_CPU, iters=iters)
+    cfg = dict(NANOGPT_CPU, iters=iters, bias=bias)
     _device.seed_everything(seed)
     corpus = CharCorpus.load()
     model = GPT(GPTConfig(vocab_size=corpus.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"]))
+                          n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"]))
     t0 = time.perf_counter()
     hist = fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], cfg["block_size"], seed=seed),
                steps=iters, lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"],
@@ -53,5 +54,13 @@ if __name__ == "__main__":
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--eval-iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bias", action="store_true", help="biases in Linear/LayerNorm (nanoGPT: none)")
+    ap.add_argument("--record", action="store_true", help="also results.record('06_gpt_cpu_quality', ...)")
     args = ap.parse_args()
-    print(json.dumps(run(args.iters, args.eval_iters, threads=args.threads), indent=2))
+    out = run(args.iters, args.eval_iters, threads=args.threads, bias=args.bias)
+    print(json.dumps(out, indent=2))
+    if args.record:
+        from course_lib import results
+
+        results.record("06_gpt_cpu_quality", val_loss=out["val_loss"], train_seconds=out["train_seconds"],
+                       iters=args.iters, threads=out["threads"], tokens_per_s=out["tokens_per_s"])
