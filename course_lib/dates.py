@@ -172,6 +172,18 @@ def render(d: _dt.date, fmt: str, rng: random.Random | None = None) -> str:
     return FORMATS[fmt](d, rng or random.Random(0))
 
 
+def identify_format(source: str, target: str) -> str:
+    """The format that writes the date ``target`` (ISO) as ``source`` (up to letter case)."""
+    try:
+        d = _dt.date.fromisoformat(target)
+    except (TypeError, ValueError):
+        raise ValueError(f"target must be an ISO date YYYY-MM-DD, got {target!r}") from None
+    for fmt, f in FORMATS.items():
+        if f(d, random.Random(0)).lower() == source.lower():
+            return fmt
+    raise ValueError(f"{source!r} is not {target} in any of the formats {list(FORMATS)}")
+
+
 def all_dates(first_year: int = FIRST_YEAR, last_year: int = LAST_YEAR) -> list[_dt.date]:
     if not (FIRST_YEAR <= first_year <= last_year <= LAST_YEAR):
         raise ValueError(f"years must satisfy {FIRST_YEAR} <= first_year <= last_year <= {LAST_YEAR} "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib import checks
-from course_lib.dates import FORMATS, DateTask, pad_batch, render
+from course_lib.dates import FORMATS, DateTask, identify_format, pad_batch, render
 from course_lib.models import seq2seq as s2s
 
 
@@ -59,6 +59,10 @@ def test_formats_agree_with_strptime():
     assert render(dt.date(2011, 11, 11), "March 3rd, 1998") == "November 11th, 2011"
     assert render(dt.date(2022, 5, 22), "the 3rd of March 1998") == "the 22nd of May 2022"
     assert render(dt.date(1950, 1, 1), "03/03/98") == "01/01/50"
+    for src, tgt in DateTask(seed=0).sample(300, "heldout"):
+        assert render(dt.date.fromisoformat(tgt), identify_format(src, tgt)).lower() == src.lower()
+    with pytest.raises(ValueError, match="any of the formats"):
+        identify_format("3 march 1998", "1998-03-04")
     assert set(FORMATS) >= {"3 march 1998", "03/03/98", "Tuesday, March 3, 1998", "1998 Mar 3"}
 
 
@@ -298,6 +302,7 @@ def test_checker_additive_score():
 
 def test_checker_attention_context():
     assert checks.attention_context(_ref_attention_context)
+    assert checks.attention_context(s2s.attention_context)
 
     def no_mask(e, H, mask):
         return _ref_attention_context(e, H, None)
