@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 COURSE_PROFILE ?= smoke
+# one worker per core, one thread per worker: 2 workers x 2 threads would oversubscribe 2 cores
 JOBS ?= 2
 
 .PHONY: env lab course test student check lint clean
@@ -31,7 +32,7 @@ course: $(STAMP)
 	$(PY) benchmarks/run_notebooks.py --out build
 
 test: $(STAMP)
-	COURSE_PROFILE=$(COURSE_PROFILE) $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
+	COURSE_PROFILE=$(COURSE_PROFILE) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
 	  --nbval-cell-timeout=600 -p no:cacheprovider tests solutions notebooks
 
 student: $(STAMP)

@@ -166,7 +166,9 @@ class MultiHeadAttention(nn.Module):
             k, v = kv_cache.append(k, v)
         nk = k.size(2)
         mask = _combine_masks(attn_mask, key_padding_mask, B, self.n_heads, n, nk)
-        if causal:
+        # A plain causal square map lets SDPA pick its fused (flash / memory-efficient) kernels.
+        fused_causal = causal and mask is None and nk == n and not return_weights
+        if causal and not fused_causal:
             cm = causal_mask(n, x.device)[None, None] if nk == n else \
                 torch.ones(n, nk, dtype=torch.bool, device=x.device).tril(nk - n)[None, None]
             mask = cm if mask is None else mask & cm
@@ -174,7 +176,7 @@ class MultiHeadAttention(nn.Module):
         if return_weights:
             y, weights = attention_with_weights(q, k, v, mask, p)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=fused_causal)
             weights = None
         y = self.resid_dropout(self.proj(merge_heads(y)))
         return (y, weights) if return_weights else y
