@@ -45,7 +45,7 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(999)  # disturb the global RNG; the checkpoint must restore it
     resumed = make_model()  # fresh weights: everything must come from the checkpoint
     h2 = fit(resumed, mse, data, checkpoint_path=ck, **COMMON)
-    for a, b in zip(params(full), params(resumed)):
+    for a, b in zip(params(full), params(resumed), strict=True):
         assert torch.equal(a, b)
     assert h2.loss == pytest.approx(h_full.loss)
     assert h2.step == list(range(1, 31))
@@ -61,7 +61,7 @@ def test_resume_with_an_iterable(tmp_path):
     fit(part, mse, batches, checkpoint_path=ck, stop_at=9, **kw)
     resumed = make_model(0.0)
     fit(resumed, mse, batches, checkpoint_path=ck, **kw)
-    for a, b in zip(params(full), params(resumed)):
+    for a, b in zip(params(full), params(resumed), strict=True):
         assert torch.equal(a, b)
 
 
@@ -94,7 +94,7 @@ def test_accumulation_equals_a_bigger_batch():
 
     acc = make_model(0.0)
     fit(acc, mse, half, steps=5, lr=1e-2, accum_steps=2, device="cpu", progress=False)
-    for a, b in zip(params(big), params(acc)):
+    for a, b in zip(params(big), params(acc), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -114,7 +114,7 @@ def test_training_reduces_loss_and_records_history():
 def test_lr_schedule_warmup_then_cosine():
     lrs = [lr_at(s, lr=1.0, steps=100, warmup=10, min_lr_ratio=0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
     assert lr_at(100, lr=1.0, steps=100, warmup=10) == pytest.approx(0.1)
 

@@ -27,7 +27,7 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     B, n, d = x.shape
     if d % n_heads:
         raise ValueError(f"d_model={d} is not divisible by n_heads={n_heads}")
-    return x.view(B, n, n_heads, d // n_heads).transpose(1, 2)
+    return x.reshape(B, n, n_heads, d // n_heads).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
