@@ -256,3 +256,17 @@ def test_checker_vit_forward():
 
     for wrong in (mean_pool, no_positions, last_token):
         assert not checks.vit_forward(wrong)
+
+
+def test_batches_of_uint8_colour_images_as_in_the_gpu_profile():
+    """The CIFAR-10 path (uint8 images, random crop with padding 4, flips) on a small stand-in split."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=g)
+    split = vision.ImageSplit("fake", x[:200], torch.arange(200) % 10, x[200:], torch.arange(100) % 10,
+                              tuple("abcdefghij"), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    xb, yb = vision.batches(split, 50, shift=4, flip=True)(3)
+    assert xb.dtype == torch.float32 and xb.shape == (50, 3, 32, 32) and yb.shape == (50,)
+    assert float(xb.min()) >= -2.0 - 1e-6 and float(xb.max()) <= 2.0 + 1e-6          # (v - 0.5) / 0.25
+    xt, _ = next(split.test_batches(100))
+    torch.testing.assert_close(xt, (split.x_test.float() / 255 - 0.5) / 0.25)
+    assert split.image_shape == (3, 32, 32) and split.n_classes == 10
