@@ -348,6 +348,8 @@ def fit(
                 save(done)
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 end = done
+                if not history.eval_step or history.eval_step[-1] != done:
+                    evaluate(done)  # a budget-stopped run still ends with an evaluation
                 break
         step = end
     except KeyboardInterrupt:

@@ -138,3 +138,10 @@ def test_bad_input():
     with pytest.raises(FloatingPointError, match="learning rate"):
         fit(make_model(), lambda m, b: mse(m, b) * math.inf, data, steps=3, device="cpu", progress=False,
             log_every=1)
+
+
+def test_time_budget_stops_early_and_still_evaluates():
+    h = fit(make_model(), mse, data, steps=10_000, lr=1e-3, device="cpu", progress=False, eval_every=5000,
+            max_seconds=0.3, eval_fn=lambda m: {"val_loss": mse(m, data(10_000)).item()})
+    assert 0 < h.steps_done < 10_000
+    assert h.eval_step == [h.steps_done] and "val_loss" in h.last_eval
