@@ -61,14 +61,16 @@ def lr_at(step: int, *, lr: float, steps: int, warmup: int = 0, min_lr_ratio: fl
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
-                   betas: tuple[float, float] = (0.9, 0.95), device: torch.device | None = None
-                   ) -> torch.optim.AdamW:
-    """AdamW with decay on matrices (dim >= 2) only; fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+                   betas: tuple[float, float] = (0.9, 0.95), device: torch.device | None = None,
+                   no_decay: tuple[str, ...] = ()) -> torch.optim.AdamW:
+    """AdamW with decay on matrices (dim >= 2) only; fused on CUDA. Parameters whose name
+    contains one of ``no_decay`` (e.g. ``("pos_embed", "cls_token")`` for a ViT) are not decayed."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    skip = lambda n, p: p.dim() < 2 or any(s in n for s in no_decay)
+    decay = [p for n, p in named if not skip(n, p)]
+    no_decay = [p for n, p in named if skip(n, p)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device is not None and device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
@@ -199,6 +201,7 @@ def fit(
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    no_decay: tuple[str, ...] = (),
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
 
@@ -215,7 +218,7 @@ def fit(
     dev = torch.device(device) if device is not None else get_device()
     model.to(dev)
     policy = autocast_policy(dev, enabled=amp)
-    opt = optimizer or make_optimizer(model, lr, weight_decay, betas, dev)
+    opt = optimizer or make_optimizer(model, lr, weight_decay, betas, dev, no_decay)
     scaler = torch.amp.GradScaler("cuda") if policy.use_grad_scaler else None
     run_model = torch.compile(model) if compile else model
     if progress is None:

@@ -126,6 +126,10 @@ def test_weight_decay_only_on_matrices():
     decayed = {p.dim() for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     plain = {p.dim() for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert decayed == {2} and plain == {1}
+    model = make_model()
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, no_decay=("0.weight",))
+    plain = [p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert any(p is model[0].weight for p in plain) and not any(p is model[3].weight for p in plain)
 
 
 def test_bad_input():

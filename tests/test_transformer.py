@@ -230,3 +230,11 @@ def test_sdpa_used_by_mha_equals_explicit_weights():
         y_slow, w = m(x, causal=True, return_weights=True)
     torch.testing.assert_close(y_fast, y_slow, atol=1e-5, rtol=1e-4)
     assert (w.triu(1) == 0).all()
+
+
+def test_layernorm_eps_is_configurable():
+    from course_lib.models.transformer import TransformerEncoder
+
+    enc = TransformerEncoder(2, 16, 4, norm_eps=1e-6)
+    eps = {m.eps for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)}
+    assert eps == {1e-6}

@@ -236,11 +236,12 @@ class Block(nn.Module):
     gives the original post-norm LN(x + MHA(x)))."""
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 bias: bool = True, causal: bool = False, norm_first: bool = True, activation: str = "gelu"):
+                 bias: bool = True, causal: bool = False, norm_first: bool = True, activation: str = "gelu",
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.ln1 = nn.LayerNorm(d_model, bias=bias)
+        self.ln1 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.attn = MultiHeadAttention(d_model, n_heads, dropout, bias)
-        self.ln2 = nn.LayerNorm(d_model, bias=bias)
+        self.ln2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias, activation)
         self.causal, self.norm_first = causal, norm_first
 
@@ -267,11 +268,13 @@ class TransformerEncoder(nn.Module):
     """A stack of blocks and a final LayerNorm (pre-norm); ``causal=True`` makes it decoder-only."""
 
     def __init__(self, n_layers: int, d_model: int, n_heads: int, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, bias: bool = True, causal: bool = False, activation: str = "gelu"):
+                 dropout: float = 0.0, bias: bool = True, causal: bool = False, activation: str = "gelu",
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, mlp_ratio, dropout, bias, causal, True, activation) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+            Block(d_model, n_heads, mlp_ratio, dropout, bias, causal, True, activation, norm_eps)
+            for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
 
     def forward(self, x: torch.Tensor, *, attn_mask=None, key_padding_mask=None, return_weights: bool = False):
         maps = []
