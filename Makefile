@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, course_lib; print('environment ready: torch', torch.__version__)"
 	touch $(STAMP)
 
+# Jupyter refuses to run as root (containers, some cloud VMs) unless told it may.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab solutions/
+	$(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 course: $(STAMP)
 	$(PY) benchmarks/run_notebooks.py --out build
