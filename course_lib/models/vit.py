@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rnn import count_parameters
 from .transformer import TransformerEncoder, block_param_count
 
 __all__ = [
@@ -226,9 +227,8 @@ class SmallCNN(nn.Module):
         return cls(in_channels, n_classes, best, convs_per_stage)
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (works on the meta device, where nothing is allocated)."""
-    return sum(p.numel() for p in model.parameters())
+# Notebook 01's parameter counter, under the name notebook 05 uses (works on the meta device).
+count_params = count_parameters
 
 
 def vit_param_count(image_size: int, patch_size: int, in_channels: int, n_classes: int, d_model: int,
