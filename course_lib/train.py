@@ -202,6 +202,7 @@ def fit(
     peak_flops: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     no_decay: tuple[str, ...] = (),
+    timing_skip: int = 0,
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
 
@@ -209,12 +210,16 @@ def fit(
     cross-entropy). ``stop_at`` ends the run early at that step, as if interrupted (the schedule
     still spans ``steps``); ``max_seconds`` ends it after a wall-clock budget. With
     ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps and at the end,
-    and an existing one is resumed from when ``resume`` is true.
+    and an existing one is resumed from when ``resume`` is true. ``timing_skip`` leaves the first
+    steps of this call out of tokens/s and MFU (compilation and allocator warm-up), so a benchmark
+    reports the steady state.
     """
     if steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    if timing_skip < 0:
+        raise ValueError(f"timing_skip must be >= 0 steps, got {timing_skip}")
     dev = torch.device(device) if device is not None else get_device()
     model.to(dev)
     policy = autocast_policy(dev, enabled=amp)
@@ -305,6 +310,7 @@ def fit(
     synchronize(dev)
     t0 = time.perf_counter()
     timed_steps = 0
+    t_timing, eval_at_timing = t0, 0.0  # where the tokens/s clock starts (after timing_skip steps)
     step = start
     try:
         for step in range(start, end):
@@ -334,6 +340,9 @@ def fit(
                 opt.step()
             opt.zero_grad(set_to_none=True)
             timed_steps += 1
+            if timed_steps == timing_skip:
+                synchronize(dev)
+                t_timing, eval_at_timing = time.perf_counter(), history.eval_seconds
             pending_loss.append(total); pending_gn.append(gn.detach())
             pending_steps.append(step + 1); pending_lr.append(cur_lr)
             done = step + 1
@@ -366,9 +375,12 @@ def fit(
     synchronize(dev)
     history.seconds = time.perf_counter() - t0
     history.steps_done = step
-    train_seconds = history.seconds - history.eval_seconds
-    if tokens_per_step and timed_steps and train_seconds > 0:
-        history.tokens_per_s = tokens_per_step * accum_steps * timed_steps / train_seconds
+    counted = timed_steps - timing_skip if timed_steps > timing_skip else timed_steps
+    if timed_steps <= timing_skip:  # too short to skip anything: time the whole run
+        t_timing, eval_at_timing = t0, 0.0
+    train_seconds = (t0 + history.seconds - t_timing) - (history.eval_seconds - eval_at_timing)
+    if tokens_per_step and counted and train_seconds > 0:
+        history.tokens_per_s = tokens_per_step * accum_steps * counted / train_seconds
         peak = peak_flops or peak_flops_for(dev)
         if flops_per_token and peak:
             history.mfu = flops_per_token * history.tokens_per_s / peak

@@ -149,3 +149,28 @@ def test_time_budget_stops_early_and_still_evaluates():
             max_seconds=0.3, eval_fn=lambda m: {"val_loss": mse(m, data(10_000)).item()})
     assert 0 < h.steps_done < 10_000
     assert h.eval_step == [h.steps_done] and "val_loss" in h.last_eval
+
+
+def test_timing_skip_leaves_slow_first_steps_out_of_tokens_per_s():
+    import time
+
+    calls = [0]
+
+    def slow_first(model, batch):  # the first step stands in for compilation
+        calls[0] += 1
+        if calls[0] == 1:
+            time.sleep(0.5)
+        return mse(model, batch)
+
+    runs = {}
+    for skip in (0, 1):
+        calls[0] = 0
+        h = fit(make_model(0.0), slow_first, data, steps=21, device="cpu", progress=False, tokens_per_step=16,
+                timing_skip=skip)
+        runs[skip] = h.tokens_per_s
+    assert runs[1] > 3 * runs[0]
+    # a run no longer than the skip is timed whole rather than reporting nothing
+    h = fit(make_model(0.0), mse, data, steps=2, device="cpu", progress=False, tokens_per_step=16, timing_skip=5)
+    assert h.tokens_per_s and h.tokens_per_s > 0
+    with pytest.raises(ValueError, match="timing_skip"):
+        fit(make_model(), mse, data, steps=1, device="cpu", progress=False, timing_skip=-1)
