@@ -68,4 +68,5 @@ if __name__ == "__main__":
         from course_lib import results
 
         results.record("06_gpt_cpu_quality", val_loss=out["val_loss"], train_seconds=out["train_seconds"],
-                       iters=args.iters, threads=out["threads"], tokens_per_s=out["tokens_per_s"])
+                       iters=args.iters, lr=out["config"]["lr"], seed=args.seed, threads=out["threads"],
+                       tokens_per_s=out["tokens_per_s"])

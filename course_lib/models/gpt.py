@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rnn import sample_with_temperature
 from .transformer import Block, KVCache
 
 
@@ -254,19 +255,16 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
     """Next token ids (B, 1) from last-position logits (B, V). ``temperature=0`` is greedy."""
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    if temperature == 0 or (top_k is None and top_p is None):
+        return sample_with_temperature(logits, temperature, generator).unsqueeze(-1)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    logits = logits.float() / temperature  # temperature first: top-p's nucleus depends on it
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator)
+    return sample_with_temperature(logits, 1.0, generator).unsqueeze(-1)
 
 
 @torch.no_grad()

@@ -227,7 +227,10 @@ def sample_with_temperature(logits: torch.Tensor, temperature: float = 1.0,
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    ids = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
+    if generator is not None and generator.device != flat.device:  # a CPU generator for GPU logits
+        ids = torch.multinomial(flat.cpu(), 1, generator=generator).squeeze(-1).to(flat.device)
+    else:
+        ids = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
     return ids.reshape(probs.shape[:-1])
 
 
