@@ -72,6 +72,8 @@ def get(name: str, *, profile: str | None = None, retrain: bool = False,
         device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The trained model of recipe ``name`` for ``profile`` and its metadata (cached)."""
     if name not in RECIPES:
+        from . import recipes  # noqa: F401  (registers the course's recipes)
+    if name not in RECIPES:
         raise KeyError(f"unknown artifact {name!r}; known: {', '.join(sorted(RECIPES)) or '(none registered)'}")
     recipe = RECIPES[name]
     prof = profile or _profile.name()
