@@ -88,9 +88,9 @@ def _char_sft_train(model, cfg: dict) -> dict:
     corpus = CharCorpus.load()
     train_words, test_words = instruct.split_words(instruct.word_list(corpus.text))
     dev = get_device()
+    block = cfg["base"]["model"]["block_size"]
     hist = fit(model, instruct.sft_step_loss,
-               instruct.sft_batches(corpus.tokenizer, train_words, cfg["batch_size"], cfg["base"]["model"]["block_size"],
-                                    seed=0),
+               instruct.sft_batches(corpus.tokenizer, train_words, cfg["batch_size"], block, seed=0),
                steps=cfg["steps"], lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=0.1, betas=(0.9, 0.99),
                weight_decay=0.0, grad_clip=1.0, device=dev)
     scores = instruct.exact_match(model, corpus.tokenizer, instruct.test_set(test_words, per_task=50))

@@ -14,7 +14,6 @@ from course_lib.models.gpt import GPT, GPTConfig
 from course_lib.models.lora import LoRALinear, add_lora, merge_lora, trainable_parameters
 from course_lib.tokenizers import CharTokenizer
 
-
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # Tiny Shakespeare's 65
 
 
