@@ -224,7 +224,7 @@ def test_dpo_loss_by_hand_and_log2_when_policy_is_reference(tok):
              rlhf.Preference("last", "Q: bb\nA: ", "b", "b\n", "cc\n")]
     tensors = rlhf.add_reference_logprobs(model, rlhf.preference_tensors(tok, prefs, 64, pad_id=0))
     loss = rlhf.dpo_step_loss(0.1)(model, tensors)
-    assert math.isclose(float(loss), math.log(2), rel_tol=1e-6)
+    assert math.isclose(loss.item(), math.log(2), rel_tol=1e-6)
     with pytest.raises(ValueError, match="beta"):
         rlhf.dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.0)
 
