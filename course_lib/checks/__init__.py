@@ -7,6 +7,7 @@ from .attention import *  # noqa: F401,F403
 from .basics import *  # noqa: F401,F403
 from .gpt import *  # noqa: F401,F403
 from .instruct import *  # noqa: F401,F403
+from .multimodal import *  # noqa: F401,F403
 from .rlhf import *  # noqa: F401,F403
 from .rnn import *  # noqa: F401,F403
 from .seq2seq import *  # noqa: F401,F403
