@@ -52,13 +52,14 @@ def quality(dev: torch.device, budget_s: float, compile: bool, tiny: bool, eval_
                steps=cfg["iters"], lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"],
                betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, device=dev, compile=compile, progress=False,
                max_seconds=budget_s, log_every=100, tokens_per_step=cfg["batch_size"] * cfg["block_size"],
-               flops_per_token=flops_per_token(mcfg))
+               flops_per_token=flops_per_token(mcfg), timing_skip=20)  # steady-state tokens/s; wall time below
     wall = time.perf_counter() - t0
     model.eval()
     with _device.autocast_policy(dev).context():
         losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["block_size"], iters=eval_iters)
     return {"part": "quality", "config": cfg, "params": model.num_params(), "steps_done": hist.steps_done,
             "train_seconds_incl_compile": round(wall, 1), "tokens_per_s": round(hist.tokens_per_s or 0.0),
+            "mfu": None if hist.mfu is None else round(hist.mfu, 4),
             "val_loss": round(losses["val_loss"], 4), "train_loss": round(losses["train_loss"], 4),
             "eval_iters": eval_iters, "target": {"val_loss": 1.47, "seconds": 300}}
 
