@@ -209,35 +209,47 @@ def sft_step_loss(model, batch) -> torch.Tensor:
 # Answering and scoring
 # ---------------------------------------------------------------------------------------------
 
+def length_groups(encoded: Sequence[Sequence[int]], batch_size: int):
+    """Yield ``(n, indices)``: chunks of at most ``batch_size`` prompts that all have ``n`` tokens,
+    shortest first, so each chunk is a rectangle and decodes without padding."""
+    by_len: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    for n, idxs in sorted(by_len.items()):
+        for s in range(0, len(idxs), batch_size):
+            yield n, idxs[s: s + batch_size]
+
+
 @torch.no_grad()
-def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
-            batch_size: int = 256) -> list[str]:
-    """Greedy responses to ``prompts``, cut at the first newline (the stop token). Prompts of one
-    length are decoded together, so no padding is needed."""
+def continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
+                  generator: torch.Generator | None = None, batch_size: int = 256) -> list[str]:
+    """The text each prompt continues with (``max_new_tokens`` of it, fewer if the context ends
+    first), decoded in length groups with the KV cache; ``temperature=0`` is greedy."""
     from .models.gpt import generate
 
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[str | None] = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
     encoded = [tokenizer.encode(p) for p in prompts]
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
     block = model.config.block_size
-    for n, idxs in sorted(by_len.items()):
+    out = [""] * len(prompts)
+    for n, chunk in length_groups(encoded, batch_size):
         new = min(max_new_tokens, block - n)
         if new <= 0:
             raise ValueError(f"a prompt of {n} tokens leaves no room in the context block_size={block}")
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s: s + batch_size]
-            idx = torch.tensor([encoded[i] for i in chunk], device=device)
-            gen = generate(model, idx, new, temperature=0.0)[:, n:].cpu()
-            for i, row in zip(chunk, gen, strict=True):
-                text = tokenizer.decode(row)
-                out[i] = text.split(STOP, 1)[0]
+        idx = torch.tensor([encoded[i] for i in chunk], device=device)
+        gen = generate(model, idx, new, temperature=temperature, generator=generator)[:, n:].cpu()
+        for i, row in zip(chunk, gen, strict=True):
+            out[i] = tokenizer.decode(row)
+    return out
+
+
+def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
+            batch_size: int = 256) -> list[str]:
+    """Greedy responses to ``prompts``, cut at the first newline (the stop token)."""
+    was_training = model.training
+    model.eval()
+    texts = continuations(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
     model.train(was_training)
-    return out  # type: ignore[return-value]
+    return [t.split(STOP, 1)[0] for t in texts]
 
 
 def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, float]:

@@ -111,30 +111,15 @@ def sample_responses(model, tokenizer, prompts: Sequence[str], *, temperature: f
     """One sampled response per prompt, cut after the first stop token (kept; a response that
     never stops is the ``max_new_tokens`` it produced). Prompts of one length are generated
     together with the KV cache; deterministic in ``seed``."""
-    from .models.gpt import generate
-
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    encoded = [tokenizer.encode(p) for p in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    block = model.config.block_size
-    out: list[str] = [""] * len(prompts)
-    for n, idxs in sorted(by_len.items()):
-        new = min(max_new_tokens, block - n)
-        if new <= 0:
-            raise ValueError(f"a prompt of {n} tokens leaves no room in the context block_size={block}")
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s: s + batch_size]
-            idx = torch.tensor([encoded[i] for i in chunk], device=device)
-            gen = generate(model, idx, new, temperature=temperature, generator=g)[:, n:].cpu()
-            for i, row in zip(chunk, gen, strict=True):
-                text = tokenizer.decode(row)
-                cut = text.find(STOP)
-                out[i] = text if cut < 0 else text[: cut + len(STOP)]
+    texts = instruct.continuations(model, tokenizer, prompts, max_new_tokens, temperature=temperature,
+                                   generator=g, batch_size=batch_size)
+    out = []
+    for text in texts:
+        cut = text.find(STOP)
+        out.append(text if cut < 0 else text[: cut + len(STOP)])
     return out
 
 
@@ -260,18 +245,6 @@ def sequence_logprob(model, seqs: dict[str, torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def gpt_hidden_states(gpt, ids: torch.Tensor) -> torch.Tensor:
-    """The GPT's last hidden states LN(H) (B, T, d): its forward pass without the LM head."""
-    _need_tensor(ids, "ids (B, T)", 2)
-    if ids.size(1) > gpt.config.block_size:
-        raise ValueError(f"{ids.size(1)} tokens exceed the context block_size={gpt.config.block_size}")
-    pos = torch.arange(ids.size(1), device=ids.device)
-    x = gpt.drop(gpt.wte(ids) + gpt.wpe(pos))
-    for blk in gpt.blocks:
-        x = blk(x)
-    return gpt.ln_f(x)
-
-
 class RewardModel(nn.Module):
     """r_theta(x, y): a GPT backbone and a scalar head read at the last token of the response.
 
@@ -298,7 +271,7 @@ class RewardModel(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Rewards (B,) of right-padded sequences ``ids`` (B, T) of ``lengths`` (B,) tokens."""
         _check_seqs(ids, lengths)
-        h = gpt_hidden_states(self.backbone, ids)
+        h = self.backbone.hidden_states(ids)
         last = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]
         return (self.head(last).squeeze(-1) - self.shift) / self.scale
 

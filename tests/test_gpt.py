@@ -277,3 +277,15 @@ def test_kv_attention_step_checker():
         return q, K, V
 
     _rejects(checks.kv_attention_step, forgets_cache, no_scale, wrong_axis)
+
+
+def test_embeds_path_equals_token_ids_and_hidden_states_feed_the_head(small):
+    """``embeds=wte(x)`` is the same forward pass as ``x``; ``hidden_states`` is it without the head."""
+    idx = torch.randint(0, small.config.vocab_size, (2, 7))
+    logits = small(idx)
+    torch.testing.assert_close(small(embeds=small.wte(idx)), logits)
+    torch.testing.assert_close(small.lm_head(small.hidden_states(idx)), logits)
+    with pytest.raises(ValueError, match="exactly one of idx"):
+        small(idx, embeds=small.wte(idx))
+    with pytest.raises(ValueError, match="n_embd"):
+        small(embeds=torch.zeros(2, 3, small.config.n_embd + 1))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..instruct import IGNORE
+from ..instruct import IGNORE, length_groups, sft_loss
 from .transformer import MLP, MultiHeadAttention, TransformerEncoder
 from .vit import PatchEmbedding, check_images
 
@@ -169,8 +169,7 @@ def caption_batches(data, tokenizer, batch_size: int, seed: int = 0):
 
 def caption_loss(model: Captioner, batch) -> torch.Tensor:
     images, x, y = batch
-    logits = model(images, x)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE)
+    return sft_loss(model(images, x), y)
 
 
 @torch.no_grad()
@@ -287,14 +286,7 @@ class VisualLM(nn.Module):
 
     def lm_logits(self, embeds: torch.Tensor) -> torch.Tensor:
         """The GPT's forward pass from input embeddings (B, n, d) instead of token ids."""
-        lm = self.lm
-        n = embeds.size(1)
-        if n > lm.config.block_size:
-            raise ValueError(f"sequence of {n} embeddings exceeds the LM's block_size={lm.config.block_size}")
-        h = lm.drop(embeds + lm.wpe(torch.arange(n, device=embeds.device)))
-        for blk in lm.blocks:
-            h = blk(h)
-        return lm.lm_head(lm.ln_f(h))
+        return self.lm(embeds=embeds)
 
     def forward(self, images: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         img = self.image_tokens(images)
@@ -306,9 +298,7 @@ class VisualLM(nn.Module):
         images, x, y = batch
         img = self.image_tokens(images)
         embeds, labels = prefix_sequence(img, self.lm.wte(x), y)
-        logits = self.lm_logits(embeds)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                               ignore_index=IGNORE)
+        return sft_loss(self.lm_logits(embeds), labels)
 
     @torch.no_grad()
     def answer(self, images: torch.Tensor, prompts: Sequence[str], tokenizer, max_new_tokens: int = 12,
@@ -320,21 +310,16 @@ class VisualLM(nn.Module):
         self.eval()
         device = next(self.projector.parameters()).device
         encoded = [tokenizer.encode(p) for p in prompts]
-        by_len: dict[int, list[int]] = {}
-        for i, e in enumerate(encoded):
-            by_len.setdefault(len(e), []).append(i)
         out: list[str] = [""] * len(prompts)
-        for n, idxs in by_len.items():
+        for n, chunk in length_groups(encoded, batch_size):
             new = min(max_new_tokens, self.lm.config.block_size - self.n_image_tokens - n)
-            for s in range(0, len(idxs), batch_size):
-                chunk = idxs[s:s + batch_size]
-                img = self.image_tokens(images[chunk].to(device))
-                ids = torch.tensor([encoded[i] for i in chunk], device=device)
-                for _ in range(new):
-                    logits = self.lm_logits(torch.cat([img, self.lm.wte(ids)], dim=1))
-                    ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-                for i, row in zip(chunk, ids[:, n:].cpu(), strict=True):
-                    out[i] = tokenizer.decode(row).split("\n", 1)[0]
+            img = self.image_tokens(images[chunk].to(device))
+            ids = torch.tensor([encoded[i] for i in chunk], device=device)
+            for _ in range(new):
+                logits = self.lm_logits(torch.cat([img, self.lm.wte(ids)], dim=1))
+                ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            for i, row in zip(chunk, ids[:, n:].cpu(), strict=True):
+                out[i] = tokenizer.decode(row).split("\n", 1)[0]
         self.train(was)
         return out
 

@@ -111,35 +111,54 @@ class GPT(nn.Module):
         """One empty cache per layer, each holding at most ``block_size`` tokens."""
         return [KVCache(max_len=self.config.block_size) for _ in self.blocks]
 
-    def forward(self, idx: torch.Tensor, kv_caches: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor | None = None, kv_caches: list[KVCache] | None = None, *,
+                embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, n, V) for token ids ``idx`` (B, n). With ``kv_caches`` (from
-        :meth:`new_kv_caches`) ``idx`` continues the cached tokens: positions start after them."""
+        :meth:`new_kv_caches`) ``idx`` continues the cached tokens: positions start after them.
+        ``embeds`` (B, n, d) may stand in for the token embeddings E_tok[x] (see :meth:`hidden_states`)."""
+        return self.lm_head(self.hidden_states(idx, kv_caches, embeds=embeds))
+
+    def hidden_states(self, idx: torch.Tensor | None = None, kv_caches: list[KVCache] | None = None, *,
+                      embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """LN(H) (B, n, d): the forward pass without the LM head (a reward model reads it, notebook
+        08). Give token ids ``idx`` or, instead, input embeddings ``embeds`` (B, n, d) that take the
+        place of E_tok[x], e.g. projected image patches before the text (notebook 09)."""
         c = self.config
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be a (B, n) tensor of token ids, got "
-                             f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-        if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
-            raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if (idx is None) == (embeds is None):
+            raise ValueError("pass exactly one of idx (token ids) and embeds (input embeddings)")
+        if embeds is not None:
+            if not isinstance(embeds, torch.Tensor) or embeds.dim() != 3 or embeds.size(-1) != c.n_embd:
+                got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+                raise ValueError(f"embeds must be a (B, n, n_embd={c.n_embd}) tensor, got {got}")
+            n = embeds.size(1)
+        else:
+            if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+                raise ValueError(f"idx must be a (B, n) tensor of token ids, got "
+                                 f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+            if idx.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+                raise ValueError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+            n = idx.size(1)
         past = 0
         if kv_caches is not None:
             if len(kv_caches) != c.n_layer:
                 raise ValueError(f"need one KV cache per layer ({c.n_layer}), got {len(kv_caches)}")
             past = len(kv_caches[0])
-        B, n = idx.shape
         if n == 0:
             raise ValueError("idx must hold at least one token per sequence, got n = 0")
         if past + n > c.block_size:
             raise ValueError(f"sequence length {past + n} (cached {past} + new {n}) exceeds the context "
                              f"length block_size={c.block_size}; crop the input (generate(..., slide=True) "
                              f"does that for you)")
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= c.vocab_size:
-            raise ValueError(f"token ids must be in [0, {c.vocab_size}), got ids in [{lo}, {hi}]")
-        pos = torch.arange(past, past + n, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        if embeds is None:
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= c.vocab_size:
+                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got ids in [{lo}, {hi}]")
+            embeds = self.wte(idx)
+        pos = torch.arange(past, past + n, device=embeds.device)
+        x = self.drop(embeds + self.wpe(pos))
         for i, blk in enumerate(self.blocks):
             x = blk(x, kv_cache=None if kv_caches is None else kv_caches[i])
-        return self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied ones counted once; ``non_embedding`` leaves out the position table."""
