@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import measure
 from course_lib.device import describe, get_device
 from course_lib.models import attention as att
 from course_lib.models import transformer as tr
@@ -44,13 +45,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rec = {
                 "device": describe(dev), "threads": torch.get_num_threads(), "n": n, "d": d, "heads": h,
                 "batch": args.batch,
-                "rnn_ms": 1e3 * att.median_seconds(lambda: rnn(x), args.repeats),
-                "sdpa_ms": 1e3 * att.median_seconds(lambda: mha(x), args.repeats),
-                "naive_ms": 1e3 * att.median_seconds(lambda: naive(x), args.repeats),
+                "rnn_ms": 1e3 * measure.median_seconds(lambda: rnn(x), args.repeats),
+                "sdpa_ms": 1e3 * measure.median_seconds(lambda: mha(x), args.repeats),
+                "naive_ms": 1e3 * measure.median_seconds(lambda: naive(x), args.repeats),
             }
         q, k, v = (torch.randn(args.batch, h, n, d // h, device=dev, requires_grad=True) for _ in range(3))
-        rec["sdpa_saved_mib"] = att.saved_activation_bytes(F.scaled_dot_product_attention, q, k, v) / 2**20
-        rec["naive_saved_mib"] = att.saved_activation_bytes(att.scaled_dot_product_attention, q, k, v) / 2**20
+        rec["sdpa_saved_mib"] = measure.saved_activation_bytes(F.scaled_dot_product_attention, q, k, v) / 2**20
+        rec["naive_saved_mib"] = measure.saved_activation_bytes(att.scaled_dot_product_attention, q, k, v) / 2**20
         out.append({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()})
         print(json.dumps(out[-1]), flush=True)
     return out

@@ -20,8 +20,8 @@ import torch
 
 from course_lib import device as _device
 from course_lib.models.gpt import GPT, GPTConfig
-from course_lib.text import CharCorpus, estimate_loss, lm_loss
-from course_lib.train import fit
+from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss
+from course_lib.train import OptimConfig, fit
 
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, iters=2000, lr=1e-3,
                    min_lr_ratio=0.1, warmup=100, dropout=0.0, bias=False)  # nanoGPT's default: no biases
@@ -39,8 +39,7 @@ def run(iters: int = 2000, eval_iters: int = 200, seed: int = 1337, threads: int
                           n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"]))
     t0 = time.perf_counter()
     hist = fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], cfg["block_size"], seed=seed),
-               steps=iters, lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"],
-               betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, device="cpu", progress=False,
+               steps=iters, optim=OptimConfig(lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"], betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0), device="cpu", progress=False,
                log_every=50, tokens_per_step=cfg["batch_size"] * cfg["block_size"])
     train_s = time.perf_counter() - t0
     model.eval()

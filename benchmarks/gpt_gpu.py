@@ -28,8 +28,8 @@ import torch
 
 from course_lib import device as _device
 from course_lib.models.gpt import GPT, GPTConfig, flops_per_token
-from course_lib.text import CharCorpus, estimate_loss, lm_loss, random_windows
-from course_lib.train import fit, peak_flops_for
+from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss, random_windows
+from course_lib.train import OptimConfig, fit, peak_flops_for
 
 SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False,
                         batch_size=64, iters=5000, lr=1e-3, warmup=100, min_lr_ratio=0.1)
@@ -49,8 +49,7 @@ def quality(dev: torch.device, budget_s: float, compile: bool, tiny: bool, eval_
     model = GPT(mcfg)
     t0 = time.perf_counter()
     hist = fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], cfg["block_size"], seed=1337),
-               steps=cfg["iters"], lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"],
-               betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, device=dev, compile=compile, progress=False,
+               steps=cfg["iters"], optim=OptimConfig(lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"], betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0), device=dev, compile=compile, progress=False,
                max_seconds=budget_s, log_every=100, tokens_per_step=cfg["batch_size"] * cfg["block_size"],
                flops_per_token=flops_per_token(mcfg), timing_skip=20)  # steady-state tokens/s; wall time below
     wall = time.perf_counter() - t0
@@ -86,8 +85,7 @@ def mfu(dev: torch.device, compile: bool, tiny: bool) -> dict:
         return (x.pin_memory(), y.pin_memory()) if pinned else (x, y)
 
     fpt = flops_per_token(mcfg)
-    hist = fit(model, lm_loss, batch, steps=cfg["steps"], lr=6e-4, warmup=min(10, cfg["steps"] // 3),
-               betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, accum_steps=cfg["accum"], device=dev,
+    hist = fit(model, lm_loss, batch, steps=cfg["steps"], optim=OptimConfig(lr=6e-4, warmup=min(10, cfg["steps"] // 3), betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0), accum_steps=cfg["accum"], device=dev,
                compile=compile, progress=False, log_every=cfg["steps"],
                tokens_per_step=cfg["batch_size"] * cfg["block_size"], flops_per_token=fpt,
                timing_skip=cfg["skip"])

@@ -19,8 +19,8 @@ import torch
 
 from course_lib import device as _device
 from course_lib.models.gpt import GPT, GPTConfig
-from course_lib.text import CharCorpus, lm_loss
-from course_lib.train import fit, lr_at, make_optimizer
+from course_lib.tasks.text import CharCorpus, lm_loss
+from course_lib.train import OptimConfig, fit, lr_at, make_optimizer
 
 
 def bare_loop(model, batches, steps, lr, warmup, dev) -> None:
@@ -61,8 +61,7 @@ def run(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=200
         return time.perf_counter() - t0, model
 
     def with_fit(model):
-        fit(model, lm_loss, lambda i: batches[i % len(batches)], steps=steps, lr=lr, warmup=warmup,
-            min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0, device=dev, progress=False)
+        fit(model, lm_loss, lambda i: batches[i % len(batches)], steps=steps, optim=OptimConfig(lr=lr, warmup=warmup, min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0), device=dev, progress=False)
 
     timed(lambda m: bare_loop(m, batches, min(steps, 20), lr, warmup, dev))  # warm-up
     t_bare, t_fit = [], []

@@ -68,14 +68,19 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
-def get(name: str, *, profile: str | None = None, retrain: bool = False,
+def get(recipe: Recipe | str, *, profile: str | None = None, retrain: bool = False,
         device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The trained model of recipe ``name`` for ``profile`` and its metadata (cached)."""
-    if name not in RECIPES:
-        from . import recipes  # noqa: F401  (registers the course's recipes)
-    if name not in RECIPES:
-        raise KeyError(f"unknown artifact {name!r}; known: {', '.join(sorted(RECIPES)) or '(none registered)'}")
-    recipe = RECIPES[name]
+    """The trained model of ``recipe`` (a :class:`Recipe`, or the name of a registered one) for
+    ``profile`` and its metadata (cached). The course's recipes are in
+    :mod:`course_lib.tuning.recipes`, e.g. ``artifacts.get(recipes.CHAR_GPT)``."""
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise KeyError(f"unknown artifact {recipe!r}; registered: {', '.join(sorted(RECIPES)) or '(none)'}. "
+                           "The course's recipes register when course_lib.tuning.recipes is imported")
+        recipe = RECIPES[recipe]
+    elif not isinstance(recipe, Recipe):
+        raise TypeError(f"expected a Recipe or the name of a registered one, got {type(recipe).__name__}")
+    name = recipe.name
     prof = profile or _profile.name()
     config = recipe.config(prof)
     k = key(recipe, config)

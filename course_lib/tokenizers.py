@@ -12,6 +12,7 @@ import torch
 R50K_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 )
+IGNORE = -100  # label of positions no loss counts (F.cross_entropy's ignore_index)
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 

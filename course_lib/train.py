@@ -87,6 +87,42 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+@dataclass(frozen=True)
+class OptimConfig:
+    """How ``fit`` optimises: AdamW's peak ``lr``, ``betas`` and ``weight_decay`` (on matrices only;
+    parameters whose name contains one of ``no_decay`` are never decayed), a linear ``warmup`` over
+    that many steps, then cosine decay to ``min_lr_ratio * lr``; gradients clipped to norm
+    ``grad_clip`` (None: no clipping). One object that notebooks and recipes pass around, so a
+    configuration is written once."""
+
+    lr: float = 1e-3
+    warmup: int = 0
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    no_decay: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"warmup must be an integer >= 0 steps, got {self.warmup!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "no_decay", tuple(self.no_decay))
+
+    def lr_at(self, step: int, steps: int) -> float:
+        return lr_at(step, lr=self.lr, steps=steps, warmup=self.warmup, min_lr_ratio=self.min_lr_ratio)
+
+
 @dataclass
 class History:
     """What ``fit`` measured, ready for plots: per logged step, and per evaluation."""
@@ -178,14 +214,9 @@ def fit(
     data: Callable[[int], Any] | Iterable[Any],
     *,
     steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.95),
-    warmup: int = 0,
-    min_lr_ratio: float = 0.1,
-    grad_clip: float | None = 1.0,
+    optim: OptimConfig | None = None,
     accum_steps: int = 1,
-    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
     eval_every: int | None = None,
     log_every: int = 10,
     device: torch.device | str | None = None,
@@ -201,13 +232,13 @@ def fit(
     flops_per_token: float | None = None,
     peak_flops: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    no_decay: tuple[str, ...] = (),
     timing_skip: int = 0,
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
 
     ``loss_fn(model, batch)`` returns the scalar loss of one micro-batch (e.g. next-token
-    cross-entropy). ``stop_at`` ends the run early at that step, as if interrupted (the schedule
+    cross-entropy); ``optim`` (an :class:`OptimConfig`) holds the optimiser's settings.
+    ``eval_fn(model, step)`` returns metrics, every ``eval_every`` steps and at the end. ``stop_at`` ends the run early at that step, as if interrupted (the schedule
     still spans ``steps``); ``max_seconds`` ends it after a wall-clock budget. With
     ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps and at the end,
     and an existing one is resumed from when ``resume`` is true. ``timing_skip`` leaves the first
@@ -223,7 +254,10 @@ def fit(
     dev = torch.device(device) if device is not None else get_device()
     model.to(dev)
     policy = autocast_policy(dev, enabled=amp)
-    opt = optimizer or make_optimizer(model, lr, weight_decay, betas, dev, no_decay)
+    optim = optim if optim is not None else OptimConfig()
+    if not isinstance(optim, OptimConfig):
+        raise TypeError(f"optim must be an OptimConfig, got {type(optim).__name__}")
+    opt = optimizer or make_optimizer(model, optim.lr, optim.weight_decay, optim.betas, dev, optim.no_decay)
     scaler = torch.amp.GradScaler("cuda") if policy.use_grad_scaler else None
     run_model = torch.compile(model) if compile else model
     if progress is None:
@@ -281,7 +315,7 @@ def fit(
         t_eval = time.perf_counter()
         model.eval()
         with torch.no_grad(), policy.context():
-            metrics = {k: float(v) for k, v in eval_fn(run_model).items()}
+            metrics = {k: float(v) for k, v in eval_fn(run_model, step).items()}
         model.train()
         history.eval_seconds += time.perf_counter() - t_eval
         history.eval_step.append(step)
@@ -314,7 +348,7 @@ def fit(
     step = start
     try:
         for step in range(start, end):
-            cur_lr = lr_at(step, lr=lr, steps=steps, warmup=warmup, min_lr_ratio=min_lr_ratio)
+            cur_lr = optim.lr_at(step, steps)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
             total = torch.zeros((), device=dev)
@@ -329,8 +363,8 @@ def fit(
                 total += scaled.detach()
             if scaler is not None:
                 scaler.unscale_(opt)
-            if grad_clip is not None:
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if optim.grad_clip is not None:
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
             else:
                 gn = torch.zeros((), device=dev)
             if scaler is not None:

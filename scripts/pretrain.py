@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from course_lib import profile  # noqa: E402
 from course_lib.device import get_device, seed_everything  # noqa: E402
 from course_lib.models.gpt import GPT, GPTConfig, flops_per_token  # noqa: E402
-from course_lib.text import CharCorpus, estimate_loss, lm_loss  # noqa: E402
-from course_lib.train import fit  # noqa: E402
+from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss  # noqa: E402
+from course_lib.train import OptimConfig, fit  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint = None
         if args.checkpoint:
             checkpoint = args.checkpoint if world == 1 else f"{args.checkpoint}.rank{rank}"
-        hist = fit(train_model, lm_loss, my_slice, steps=args.steps, lr=args.lr, warmup=args.warmup,
-                   min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, betas=(0.9, 0.99),
+        hist = fit(train_model, lm_loss, my_slice, steps=args.steps, optim=OptimConfig(lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, betas=(0.9, 0.99)),
                    eval_fn=eval_fn, eval_every=args.eval_every or args.steps, device=device,
                    compile=args.compile, progress=rank == 0 and not profile.is_smoke(),
                    checkpoint_path=checkpoint, tokens_per_step=local_bs * args.block_size,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import checks
 from course_lib.models import attention as att
+from course_lib.models import transformer
 
 # bfloat16 keeps 8 mantissa bits (relative rounding 2^-8 ~ 0.4%); we compare both implementations
 # in bf16 against a float64 ground truth and allow 3e-2 absolute on unit-scale outputs.
@@ -130,7 +131,7 @@ def test_models_shapes_and_weights():
     x = torch.randint(10, (3, 8))
     logits, maps = m(x, return_weights=True)
     assert logits.shape == (3, 4) and maps.shape == (3, 2, 8, 8)
-    t = att.TransformerClassifier(10, 4, 8, d_model=16, n_heads=2, n_layers=3, causal=True)
+    t = transformer.TransformerClassifier(10, 4, 8, d_model=16, n_heads=2, n_layers=3, causal=True)
     logits, maps = t(x, return_weights=True)
     assert logits.shape == (3, 4) and maps.shape == (3, 3, 2, 8, 8)
     assert (maps.triu(1) == 0).all()
@@ -140,14 +141,14 @@ def test_models_shapes_and_weights():
 def test_saved_activation_bytes_naive_is_quadratic_fused_is_not():
     def measure(n, fn):
         q, k, v = (torch.randn(1, 2, n, 16, requires_grad=True) for _ in range(3))
-        return att.saved_activation_bytes(fn, q, k, v)
+        return measure.saved_activation_bytes(fn, q, k, v)
 
     naive = [measure(n, att.scaled_dot_product_attention) for n in (64, 128)]
     fused = [measure(n, F.scaled_dot_product_attention) for n in (64, 128)]
     assert naive[1] >= 3.5 * naive[0]            # ~4x when n doubles: the n x n matrix
     assert fused[1] <= 2.5 * fused[0]            # ~2x: only O(n) statistics and the output
     assert naive[0] >= 2 * 64 * 64 * 4           # at least the (h, n, n) float32 matrix A
-    assert att.median_seconds(lambda: None, repeats=3) >= 0
+    assert measure.median_seconds(lambda: None, repeats=3) >= 0
 
 
 @pytest.mark.parametrize("call, match", [

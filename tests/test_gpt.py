@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from course_lib import checks
 from course_lib.models import gpt as G
+from course_lib.models import gpt2_weights, lm
 from course_lib.models.gpt import GPT, GPTConfig
 from course_lib.models.transformer import KVCache, MultiHeadAttention
 
@@ -31,7 +32,7 @@ def hf_pair(tmp_path_factory):
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     folder = tmp_path_factory.mktemp("hf_gpt2")
     hf.save_pretrained(folder)  # config.json + model.safetensors, as on the hub
-    return hf, G.from_hf_checkpoint(folder), folder
+    return hf, gpt2_weights.from_hf_checkpoint(folder), folder
 
 
 def test_hf_weights_give_the_same_logits_and_loss(hf_pair):
@@ -51,7 +52,7 @@ def test_generation_matches_hf_greedy(hf_pair):
     prompt = torch.tensor([[5, 17, 3, 99]])
     with torch.no_grad():
         ref = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
-    assert torch.equal(G.generate(ours, prompt, 20, temperature=0), ref)
+    assert torch.equal(lm.generate(ours, prompt, 20, temperature=0), ref)
 
 
 def test_checkpoint_of_another_shape_is_a_clear_error(hf_pair):
@@ -61,7 +62,7 @@ def test_checkpoint_of_another_shape_is_a_clear_error(hf_pair):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["n_embd"] = 32
     with pytest.raises(ValueError, match=r"has shape \(101, 64\), this model .* expects \(101, 32\)"):
-        G.from_hf_checkpoint(config=cfg, weights=folder / "model.safetensors")
+        gpt2_weights.from_hf_checkpoint(config=cfg, weights=folder / "model.safetensors")
     other = GPT(GPTConfig(vocab_size=101, block_size=40, n_layer=3, n_head=4, n_embd=64))
     with pytest.raises(ValueError, match=r"missing keys \['blocks.2"):
         other.load_state_dict_checked(ours.state_dict())
@@ -115,24 +116,24 @@ def test_mha_kv_cache_keeps_the_old_api():
 @pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0.8, top_k=5), dict(temperature=1.0, top_p=0.9)])
 def test_generate_with_and_without_cache_agree(small, kw):
     prompt = torch.randint(0, SMALL.vocab_size, (2, 5), generator=torch.Generator().manual_seed(6))
-    a = G.generate(small, prompt, 40, use_cache=True, slide=True, generator=torch.Generator().manual_seed(7), **kw)
-    b = G.generate(small, prompt, 40, use_cache=False, slide=True, generator=torch.Generator().manual_seed(7), **kw)
+    a = lm.generate(small, prompt, 40, use_cache=True, slide=True, generator=torch.Generator().manual_seed(7), **kw)
+    b = lm.generate(small, prompt, 40, use_cache=False, slide=True, generator=torch.Generator().manual_seed(7), **kw)
     assert a.shape == (2, 45) and torch.equal(a, b)
     assert torch.equal(a[:, :5], prompt)
 
 
 def test_sampling_filters():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0, 3.0]])
-    assert torch.isfinite(G.top_k_filter(logits, 2)).tolist() == [[False, True, False, False, True]]
+    assert torch.isfinite(lm.top_k_filter(logits, 2)).tolist() == [[False, True, False, False, True]]
     probs = torch.softmax(torch.tensor([[4.0, 3.0, 2.0, 1.0]]), -1)  # 0.64, 0.24, 0.09, 0.03
-    assert torch.isfinite(G.top_p_filter(probs.log(), 0.5)).sum().item() == 1
-    assert torch.isfinite(G.top_p_filter(probs.log(), 0.8)).sum().item() == 2
-    assert torch.isfinite(G.top_p_filter(probs.log(), 1.0)).sum().item() == 4
+    assert torch.isfinite(lm.top_p_filter(probs.log(), 0.5)).sum().item() == 1
+    assert torch.isfinite(lm.top_p_filter(probs.log(), 0.8)).sum().item() == 2
+    assert torch.isfinite(lm.top_p_filter(probs.log(), 1.0)).sum().item() == 4
     g = torch.Generator().manual_seed(0)
-    draws = torch.cat([G.sample_next(probs.log().expand(4000, 4), top_k=2, generator=g)]).flatten()
+    draws = torch.cat([lm.sample_next(probs.log().expand(4000, 4), top_k=2, generator=g)]).flatten()
     assert set(draws.tolist()) == {0, 1}
     assert abs((draws == 0).float().mean().item() - 0.64 / 0.88) < 0.03  # renormalised over the top 2
-    assert G.sample_next(logits, temperature=0).item() == 1
+    assert lm.sample_next(logits, temperature=0).item() == 1
 
 
 def test_param_counts_and_flops():
@@ -158,11 +159,11 @@ def test_bad_input(small):
     with pytest.raises(ValueError, match="integer token ids"):
         small(torch.zeros(1, 5))
     with pytest.raises(ValueError, match="pass slide=True"):
-        G.generate(small, torch.zeros(1, 30, dtype=torch.long), 5)
+        lm.generate(small, torch.zeros(1, 30, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="n_head=3 must divide n_embd=32"):
         GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=3, n_embd=32)
     with pytest.raises(ValueError, match="top_p must be in"):
-        G.top_p_filter(torch.zeros(1, 3), 1.5)
+        lm.top_p_filter(torch.zeros(1, 3), 1.5)
     caches = small.new_kv_caches()
     small(torch.zeros(1, 30, dtype=torch.long), kv_caches=caches)
     with pytest.raises(ValueError, match=r"sequence length 33 \(cached 30 \+ new 3\)"):
@@ -176,7 +177,7 @@ def test_offline_pretrained_gpt2_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("COURSE_DATA_MIRROR", str(tmp_path / "none"))
     with pytest.raises(DataError, match="cannot get config.json of the Hugging Face repository 'openai-communi"):
-        G.from_pretrained_gpt2()
+        gpt2_weights.from_pretrained_gpt2()
 
 
 def test_hf_files_from_a_mirror(hf_pair, monkeypatch):
@@ -189,7 +190,7 @@ def test_hf_files_from_a_mirror(hf_pair, monkeypatch):
         if not target.exists():
             target.symlink_to(folder / f)
     monkeypatch.setenv("COURSE_DATA_MIRROR", str(mirror))
-    ours = G.from_pretrained_gpt2("someone/tiny-gpt2")
+    ours = gpt2_weights.from_pretrained_gpt2("someone/tiny-gpt2")
     x = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(x).logits, atol=1e-4, rtol=1e-4)
@@ -220,17 +221,17 @@ def test_next_token_loss_checker():
 
 
 def test_top_k_and_top_p_checkers():
-    assert checks.top_k_filter(G.top_k_filter) and checks.top_p_filter(G.top_p_filter)
+    assert checks.top_k_filter(lm.top_k_filter) and checks.top_p_filter(lm.top_p_filter)
 
     def keeps_k_minus_1(logits, k):
-        return G.top_k_filter(logits, max(1, k - 1)) if k > 1 else G.top_k_filter(logits, 2)
+        return lm.top_k_filter(logits, max(1, k - 1)) if k > 1 else lm.top_k_filter(logits, 2)
 
     def zeros_not_inf(logits, k):
         kth = torch.topk(logits, k).values[..., -1:]
         return logits.masked_fill(logits < kth, 0.0)
 
     def returns_probs(logits, k):
-        return torch.softmax(G.top_k_filter(logits, k), -1)
+        return torch.softmax(lm.top_k_filter(logits, k), -1)
 
     _rejects(checks.top_k_filter, keeps_k_minus_1, zeros_not_inf, returns_probs)
 
@@ -240,7 +241,7 @@ def test_top_k_and_top_p_checkers():
         return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
 
     def ascending(logits, p):
-        return -G.top_p_filter(-logits, p)
+        return -lm.top_p_filter(-logits, p)
 
     _rejects(checks.top_p_filter, drops_crossing_token, ascending)
 

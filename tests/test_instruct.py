@@ -9,10 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import checks, instruct
+from course_lib import checks, tokenizers
+from course_lib.models import lm
 from course_lib.models.gpt import GPT, GPTConfig
 from course_lib.models.lora import LoRALinear, add_lora, merge_lora, trainable_parameters
+from course_lib.tasks import instructions
 from course_lib.tokenizers import CharTokenizer
+from course_lib.tuning import sft
 
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # Tiny Shakespeare's 65
 
@@ -23,69 +26,70 @@ def tok():
 
 
 def test_examples_are_what_the_tasks_say():
-    ex = instruct.make_example("reverse", "night", 1)
+    ex = instructions.make_example("reverse", "night", 1)
     assert ex.prompt == "Q: write night backwards\nA: " and ex.response == "thgin\n" and ex.answer == "thgin"
-    assert instruct.make_example("spell", "rose").answer == "r-o-s-e"
-    assert instruct.make_example("shout", "rose").answer == "ROSE"
-    assert instruct.make_example("twice", "rose").answer == "rose rose"
-    assert instruct.make_example("first", "rose").answer == "r" and instruct.make_example("last", "rose").answer == "e"
+    assert instructions.make_example("spell", "rose").answer == "r-o-s-e"
+    assert instructions.make_example("shout", "rose").answer == "ROSE"
+    assert instructions.make_example("twice", "rose").answer == "rose rose"
+    assert instructions.make_example("first", "rose").answer == "r"
+    assert instructions.make_example("last", "rose").answer == "e"
     with pytest.raises(ValueError, match="unknown task"):
-        instruct.make_example("translate", "rose")
+        instructions.make_example("translate", "rose")
     with pytest.raises(ValueError, match="phrasings 0..1"):
-        instruct.make_example("spell", "rose", 5)
+        instructions.make_example("spell", "rose", 5)
     with pytest.raises(ValueError, match="letters only"):
-        instruct.make_example("spell", "ro se")
+        instructions.make_example("spell", "ro se")
     with pytest.raises(ValueError, match="one line"):
-        instruct.format_prompt("a\nb")
+        instructions.format_prompt("a\nb")
 
 
 def test_every_example_fits_the_shakespeare_alphabet_and_a_64_token_context(tok):
     words = ["abcdefgh", "night", "zzz"]
-    for task, t in instruct.TASKS.items():
+    for task, t in instructions.TASKS.items():
         for k in range(len(t.phrasings)):
             for w in words:
-                ex = instruct.make_example(task, w, k)
+                ex = instructions.make_example(task, w, k)
                 assert len(tok.encode(ex.text)) <= 64
 
 
 def test_words_and_split_are_deterministic_and_disjoint():
-    words = instruct.word_list("The rose, the Night; o'er night and Sabbath roses a bb")
+    words = instructions.word_list("The rose, the Night; o'er night and Sabbath roses a bb")
     assert words == ["and", "night", "rose", "roses", "the"]  # no capitalised words or fragments
     many = [f"w{'abcdefghij'[i % 10]}{'klmnopqrst'[i // 10 % 10]}{'uvwxyzabcd'[i // 100]}" for i in range(1000)]
-    train, test = instruct.split_words(many)
+    train, test = instructions.split_words(many)
     assert not set(train) & set(test) and len(train) + len(test) == 1000
     assert 150 < len(test) < 250
-    assert instruct.split_words(many) == (train, test)
-    assert instruct.split_words(many[:500])[1] == [w for w in test if w in set(many[:500])]  # stable
-    a = instruct.sample_examples(train, 20, seed=3)
-    assert a == instruct.sample_examples(train, 20, seed=3) and a != instruct.sample_examples(train, 20, seed=4)
-    ts = instruct.test_set(test, per_task=5)
-    assert len(ts) == 30 and {e.task for e in ts} == set(instruct.TASKS)
+    assert instructions.split_words(many) == (train, test)
+    assert instructions.split_words(many[:500])[1] == [w for w in test if w in set(many[:500])]  # stable
+    a = instructions.sample_examples(train, 20, seed=3)
+    assert a == instructions.sample_examples(train, 20, seed=3) and a != instructions.sample_examples(train, 20, seed=4)
+    ts = instructions.test_set(test, per_task=5)
+    assert len(ts) == 30 and {e.task for e in ts} == set(instructions.TASKS)
 
 
 def test_prompt_masking_counts_only_the_response(tok):
-    ex = instruct.make_example("shout", "rose")
-    x, y = instruct.encode_example(tok, ex)
+    ex = instructions.make_example("shout", "rose")
+    x, y = instructions.encode_example(tok, ex)
     p = len(tok.encode(ex.prompt))
-    counted = y != instruct.IGNORE
+    counted = y != tokenizers.IGNORE
     assert counted.sum() == len(ex.response)
     assert tok.decode(y[counted]) == ex.response  # exactly the response tokens are targets
     assert torch.equal(x, torch.tensor(tok.encode(ex.text))[:-1])
-    assert y[p - 2] == instruct.IGNORE and y[p - 1] != instruct.IGNORE
-    x2, y2 = instruct.encode_example(tok, ex, mask_prompt=False)
-    assert torch.equal(x, x2) and (y2 != instruct.IGNORE).all()
+    assert y[p - 2] == tokenizers.IGNORE and y[p - 1] != tokenizers.IGNORE
+    x2, y2 = instructions.encode_example(tok, ex, mask_prompt=False)
+    assert torch.equal(x, x2) and (y2 != tokenizers.IGNORE).all()
     with pytest.raises(ValueError, match="prompt_len"):
-        instruct.mask_prompt_labels(torch.arange(5), 5)
+        instructions.mask_prompt_labels(torch.arange(5), 5)
 
 
 def test_padding_and_its_errors():
     pairs = [(torch.tensor([1, 2, 3]), torch.tensor([-100, 3, 4])), (torch.tensor([5]), torch.tensor([6]))]
-    x, y = instruct.pad_batch(pairs, 8, pad_id=0)
+    x, y = instructions.pad_batch(pairs, 8, pad_id=0)
     assert x.tolist() == [[1, 2, 3], [5, 0, 0]] and y.tolist() == [[-100, 3, 4], [6, -100, -100]]
     with pytest.raises(ValueError, match="block_size=2"):
-        instruct.pad_batch(pairs, 2)
+        instructions.pad_batch(pairs, 2)
     with pytest.raises(ValueError, match="differ in shape"):
-        instruct.pad_batch([(torch.tensor([1, 2]), torch.tensor([1]))], 8)
+        instructions.pad_batch([(torch.tensor([1, 2]), torch.tensor([1]))], 8)
 
 
 def test_sft_loss_equals_loss_over_response_tokens_only():
@@ -94,38 +98,37 @@ def test_sft_loss_equals_loss_over_response_tokens_only():
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, -100, -100]])
     keep = labels != -100
     manual = F.cross_entropy(logits[keep], labels[keep])
-    assert torch.allclose(instruct.sft_loss(logits, labels), manual)
+    assert torch.allclose(lm.masked_lm_loss(logits, labels), manual)
     with pytest.raises(ValueError, match="every label is IGNORE"):
-        instruct.sft_loss(logits, torch.full((2, 5), -100))
+        lm.masked_lm_loss(logits, torch.full((2, 5), -100))
     with pytest.raises(ValueError, match="logits must be"):
-        instruct.sft_loss(logits[0], labels)
+        lm.masked_lm_loss(logits[0], labels)
 
 
 def test_right_padding_does_not_change_the_loss_of_the_real_tokens(tok):
     """A causal model never sees the padding after a token: padded and unpadded losses agree."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=2, n_head=2, n_embd=32))
-    short, long_ = instruct.make_example("first", "rose"), instruct.make_example("spell", "abcdefgh")
-    xs, ys = instruct.encode_example(tok, short)
-    xb, yb = instruct.pad_batch([instruct.encode_example(tok, long_), (xs, ys)], 64, pad_id=0)
-    alone = instruct.sft_loss(model(xs[None]), ys[None])
+    short, long_ = instructions.make_example("first", "rose"), instructions.make_example("spell", "abcdefgh")
+    xs, ys = instructions.encode_example(tok, short)
+    xb, yb = instructions.pad_batch([instructions.encode_example(tok, long_), (xs, ys)], 64, pad_id=0)
+    alone = lm.masked_lm_loss(model(xs[None]), ys[None])
     padded_logits = model(xb)[1:, : len(xs)]
-    assert torch.allclose(instruct.sft_loss(padded_logits, ys[None]), alone, atol=1e-6)
+    assert torch.allclose(lm.masked_lm_loss(padded_logits, ys[None]), alone, atol=1e-6)
 
 
 def test_sft_learns_and_answers_are_cut_at_the_stop_token(tok):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=2, n_head=2, n_embd=64))
     words = ["rose", "night", "moon", "king", "love", "fair", "sweet", "death"]
-    from course_lib.train import fit
+    from course_lib.train import OptimConfig, fit
 
-    h = fit(model, instruct.sft_step_loss, instruct.sft_batches(tok, words, 32, 64, seed=0), steps=250, lr=3e-3,
-            warmup=10, weight_decay=0.0, device="cpu", progress=False)
+    h = fit(model, sft.sft_step_loss(), instructions.sft_batches(tok, words, 32, 64, seed=0), steps=250, optim=OptimConfig(lr=3e-3, warmup=10, weight_decay=0.0), device="cpu", progress=False)
     assert h.loss[-1] < 0.5 * h.loss[0]
-    seen = instruct.test_set(words, per_task=8)
-    scores = instruct.exact_match(model, tok, seen)
+    seen = instructions.test_set(words, per_task=8)
+    scores = sft.exact_match(model, tok, seen)
     assert scores["first"] >= 0.75 and scores["shout"] >= 0.5, scores  # memorised training words
-    answers = instruct.respond(model, tok, [e.prompt for e in seen[:5]])
+    answers = sft.respond(model, tok, [e.prompt for e in seen[:5]])
     assert all("\n" not in a for a in answers)
 
 
@@ -171,9 +174,10 @@ def test_add_lora_to_gpt_trains_only_adapters_and_merge_keeps_the_function():
 
 def test_char_gpt_artifact_is_cached(tmp_path, monkeypatch):
     from course_lib import artifacts
+    from course_lib.tuning import recipes
 
     monkeypatch.setenv("COURSE_ARTIFACT_DIR", str(tmp_path))
-    model, meta = artifacts.get("char_gpt", profile="smoke")
+    model, meta = artifacts.get(recipes.CHAR_GPT, profile="smoke")
     assert meta["recipe"] == "char_gpt" and meta["steps"] == 60 and meta["val_loss"] < 4.2
     again, meta2 = artifacts.get("char_gpt", profile="smoke")
     assert meta2 == meta
@@ -194,10 +198,10 @@ def test_instruct_checkers_accept_references():
     def lora_forward(x, base, A, B, alpha):
         return base(x) + (alpha / A.shape[0]) * (x @ A.T) @ B.T
 
-    assert checks.format_prompt(instruct.format_prompt)
-    assert checks.mask_prompt_labels(instruct.mask_prompt_labels)
-    assert checks.sft_loss(instruct.sft_loss)
-    assert checks.pad_batch(instruct.pad_batch)
+    assert checks.format_prompt(instructions.format_prompt)
+    assert checks.mask_prompt_labels(instructions.mask_prompt_labels)
+    assert checks.sft_loss(lm.masked_lm_loss)
+    assert checks.pad_batch(instructions.pad_batch)
     assert checks.lora_forward(lora_forward)
 
 
@@ -224,7 +228,7 @@ def test_instruct_checkers_reject_typical_mistakes():
         return torch.stack(xs), torch.stack(ys)
 
     def truncates(pairs, block_size, pad_id=0):
-        return instruct.pad_batch([(x[:block_size], y[:block_size]) for x, y in pairs], block_size, pad_id)
+        return instructions.pad_batch([(x[:block_size], y[:block_size]) for x, y in pairs], block_size, pad_id)
 
     def unscaled(x, base, A, B, alpha):
         return base(x) + (x @ A.T) @ B.T

@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import checks, shapes
-from course_lib.instruct import IGNORE, format_prompt
+from course_lib import checks
 from course_lib.models import captioner as C
+from course_lib.models import llava
 from course_lib.models.gpt import GPT, GPTConfig
-from course_lib.tokenizers import CharTokenizer
-from course_lib.train import fit
+from course_lib.tasks import shapes
+from course_lib.tasks.instructions import format_prompt
+from course_lib.tokenizers import IGNORE, CharTokenizer
+from course_lib.train import OptimConfig, fit
 
 TOK = CharTokenizer(shapes.CAPTION_CHARS)
 # the char GPT's alphabet: every dataset text must fit in it
@@ -117,7 +119,7 @@ def test_captioner_shapes_and_causality():
 def test_caption_batches_and_training_lowers_loss():
     torch.manual_seed(0)
     data = shapes.make_split("train", 64)
-    batches = C.caption_batches(data, TOK, 8)
+    batches = shapes.caption_batches(data, TOK, 8)
     imgs, x, y = batches(0)
     assert imgs.shape == (8, 3, 32, 32) and x.shape == y.shape
     stop = TOK.encode("\n")[0]
@@ -126,7 +128,7 @@ def test_caption_batches_and_training_lowers_loss():
     assert first.endswith("\n") and TOK.decode(x[0, 1:len(first)]) == first[:-1]
     m = C.Captioner(TOK.vocab_size, d_model=32, enc_layers=1, dec_layers=1, n_heads=2)
     before = C.caption_loss(m, batches(0)).item()
-    fit(m, C.caption_loss, batches, steps=40, lr=3e-3, progress=False, device="cpu")
+    fit(m, C.caption_loss, batches, steps=40, optim=OptimConfig(lr=3e-3), progress=False, device="cpu")
     assert C.caption_loss(m, batches(0)).item() < before - 0.5
     caps, weights = C.greedy_captions(m, data.images[:3], TOK, return_weights=True)
     assert len(caps) == 3 and all(w.shape == (len(c), 16) for c, w in zip(caps, weights, strict=True))
@@ -147,19 +149,19 @@ def _tiny_vlm():
     torch.manual_seed(0)
     enc = C.PatchEncoder(32, 8, 3, 16, 1, 2)
     lm = GPT(GPTConfig(vocab_size=SHAKESPEARE.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32))
-    return C.VisualLM(enc, lm)
+    return llava.VisualLM(enc, lm)
 
 
 def test_prefix_sequence_masks_image_positions():
     img, txt = torch.randn(2, 4, 3), torch.randn(2, 5, 3)
     labels = torch.tensor([[IGNORE, IGNORE, 7, 8, 9], [IGNORE, 1, 2, IGNORE, IGNORE]])
-    e, lab = C.prefix_sequence(img, txt, labels)
+    e, lab = llava.prefix_sequence(img, txt, labels)
     assert torch.equal(e, torch.cat([img, txt], 1))
     assert lab[:, :4].eq(IGNORE).all() and torch.equal(lab[:, 4:], labels)
     with pytest.raises(ValueError, match=r"expected labels \(2, 5\)"):
-        C.prefix_sequence(img, txt, labels[:, :3])
+        llava.prefix_sequence(img, txt, labels[:, :3])
     with pytest.raises(ValueError, match=r"expected text_embeds \(2, T, 3\)"):
-        C.prefix_sequence(img, torch.randn(2, 5, 4), labels)
+        llava.prefix_sequence(img, torch.randn(2, 5, 4), labels)
 
 
 def test_visual_lm_freezing_forward_and_training():
@@ -171,7 +173,7 @@ def test_visual_lm_freezing_forward_and_training():
     vlm.freeze(lm=True)
     data = shapes.make_split("train", 32)
     items = [(i, format_prompt(q), a) for i, _, q, a in shapes.qa_pairs(data, kinds=("colour",))]
-    batches = C.vqa_batches(data, items, SHAKESPEARE, 8)
+    batches = shapes.vqa_batches(data, items, SHAKESPEARE, 8)
     imgs, x, y = batches(0)
     logits = vlm(imgs, x)
     assert logits.shape == (8, 16 + x.size(1), SHAKESPEARE.vocab_size)
@@ -179,12 +181,12 @@ def test_visual_lm_freezing_forward_and_training():
     torch.testing.assert_close(vlm.lm_logits(vlm.lm.wte(x)), vlm.lm(x))
     lm_before = [p.clone() for p in vlm.lm.parameters()]
     before = vlm.loss(batches(0)).item()
-    fit(vlm, lambda m, b: m.loss(b), batches, steps=30, lr=1e-2, progress=False, device="cpu")
+    fit(vlm, lambda m, b: m.loss(b), batches, steps=30, optim=OptimConfig(lr=1e-2), progress=False, device="cpu")
     assert vlm.loss(batches(0)).item() < before
     assert all(torch.equal(a, b) for a, b in zip(lm_before, vlm.lm.parameters(), strict=True))
     answers = vlm.answer(data.images[:3], [format_prompt("how many shapes?")] * 3, SHAKESPEARE, max_new_tokens=4)
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
-    acc = C.vqa_accuracy(vlm, data, shapes.qa_pairs(data)[:6], SHAKESPEARE)
+    acc = shapes.vqa_accuracy(vlm, data, shapes.qa_pairs(data)[:6], SHAKESPEARE)
     assert 0 <= acc["all"] <= 1
     with pytest.raises(ValueError, match="patch features"):
         vlm.projector(torch.randn(1, 16, 7))
@@ -228,10 +230,10 @@ def test_word_attention_checker():
 
 
 def test_prefix_sequence_checker():
-    assert checks.prefix_sequence(C.prefix_sequence)
+    assert checks.prefix_sequence(llava.prefix_sequence)
 
     def text_first(img, txt, labels):
-        e, lab = C.prefix_sequence(img, txt, labels)
+        e, lab = llava.prefix_sequence(img, txt, labels)
         return torch.cat([txt, img], 1), lab
 
     def zero_labels(img, txt, labels):

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import checks, instruct, rlhf
+from course_lib import checks
 from course_lib.models.gpt import GPT, GPTConfig
+from course_lib.tasks import instructions
 from course_lib.tokenizers import CharTokenizer
+from course_lib.tuning import dpo, ppo, preferences, reward, sequences
 
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # Tiny Shakespeare's 65
 WORDS = ["rose", "night", "king", "moles", "crown", "sword", "tears", "heart"]
@@ -39,31 +41,31 @@ def tiny_gpt(seed: int = 0, n_embd: int = 16) -> GPT:
 # --- labeler and pairs --------------------------------------------------------------------------
 
 def test_labeler_puts_exact_first_then_similarity():
-    assert rlhf.labeler_score("thgin\n", "thgin") == (1, 1.0)
-    assert rlhf.labeler_score("thgin", "thgin")[0] == 0  # never stopped: not exact
-    ranked = rlhf.rank_responses(["xyz\n", "thgi\n", "thgin\n", "thgi\n", "thgin!!\n"], "thgin")
+    assert preferences.labeler_score("thgin\n", "thgin") == (1, 1.0)
+    assert preferences.labeler_score("thgin", "thgin")[0] == 0  # never stopped: not exact
+    ranked = preferences.rank_responses(["xyz\n", "thgi\n", "thgin\n", "thgi\n", "thgin!!\n"], "thgin")
     assert [r for r, _ in ranked] == ["thgin\n", "thgi\n", "thgin!!\n", "xyz\n"]  # duplicates dropped
-    pairs = rlhf.ranking_to_pairs(ranked)
+    pairs = preferences.ranking_to_pairs(ranked)
     assert len(pairs) == 6 and pairs[0] == ("thgin\n", "thgi\n")
     # equal scores give no comparison
-    assert rlhf.ranking_to_pairs(rlhf.rank_responses(["ab\n", "ba\n"], "cd")) == []
+    assert preferences.ranking_to_pairs(preferences.rank_responses(["ab\n", "ba\n"], "cd")) == []
 
 
 def test_preferences_are_deterministic_in_the_seed(tok):
     model = tiny_gpt()
-    exs = instruct.sample_examples(WORDS, 6, seed=3)
-    a = rlhf.make_preferences(model, tok, exs, k=4, seed=5, max_new_tokens=8)
-    b = rlhf.make_preferences(model, tok, exs, k=4, seed=5, max_new_tokens=8)
-    c = rlhf.make_preferences(model, tok, exs, k=4, seed=6, max_new_tokens=8)
+    exs = instructions.sample_examples(WORDS, 6, seed=3)
+    a = preferences.make_preferences(model, tok, exs, k=4, seed=5, max_new_tokens=8)
+    b = preferences.make_preferences(model, tok, exs, k=4, seed=5, max_new_tokens=8)
+    c = preferences.make_preferences(model, tok, exs, k=4, seed=6, max_new_tokens=8)
     assert a == b and a != c and len(a) > 0
     for p in a:
-        assert rlhf.labeler_score(p.chosen, p.answer) > rlhf.labeler_score(p.rejected, p.answer)
+        assert preferences.labeler_score(p.chosen, p.answer) > preferences.labeler_score(p.rejected, p.answer)
     with pytest.raises(ValueError, match="k >= 2"):
-        rlhf.make_preferences(model, tok, exs, k=1)
+        preferences.make_preferences(model, tok, exs, k=1)
 
 
 def test_sampled_responses_stop_at_the_newline(tok):
-    out = rlhf.sample_responses(tiny_gpt(), tok, ["Q: a\nA: ", "Q: bb\nA: "] * 3, max_new_tokens=10, seed=0)
+    out = sequences.sample_responses(tiny_gpt(), tok, ["Q: a\nA: ", "Q: bb\nA: "] * 3, max_new_tokens=10, seed=0)
     for r in out:
         assert ("\n" not in r[:-1]) and (r.endswith("\n") or len(r) == 10)
 
@@ -71,20 +73,20 @@ def test_sampled_responses_stop_at_the_newline(tok):
 # --- token grids --------------------------------------------------------------------------------
 
 def test_encode_and_response_mask(tok):
-    s = rlhf.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
+    s = sequences.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
     assert s["ids"].shape == (2, 12) and s["prompt_lens"].tolist() == [8, 9] and s["lengths"].tolist() == [10, 12]
-    mask = rlhf.response_mask(s["prompt_lens"], s["lengths"], 12)
+    mask = sequences.response_mask(s["prompt_lens"], s["lengths"], 12)
     assert mask.shape == (2, 11)
     assert mask[0].nonzero().flatten().tolist() == [7, 8]  # predicts tokens 8, 9 = "x\n"
     assert mask[1].nonzero().flatten().tolist() == [8, 9, 10]
     with pytest.raises(ValueError, match="block_size=8"):
-        rlhf.encode_sequences(tok, ["Q: a\nA: "], ["xyz\n"], 8, pad_id=0)
+        sequences.encode_sequences(tok, ["Q: a\nA: "], ["xyz\n"], 8, pad_id=0)
 
 
 def test_sequence_logprob_sums_the_response_tokens(tok):
     model = tiny_gpt()
-    s = rlhf.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
-    got = rlhf.sequence_logprob(model, s)
+    s = sequences.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
+    got = sequences.sequence_logprob(model, s)
     for b in range(2):
         ids = s["ids"][b: b + 1, : s["lengths"][b]]
         logp = F.log_softmax(model(ids)[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
@@ -94,17 +96,17 @@ def test_sequence_logprob_sums_the_response_tokens(tok):
 # --- reward model ---------------------------------------------------------------------------------
 
 def test_bradley_terry_by_hand():
-    loss = rlhf.bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))
+    loss = reward.bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))
     assert math.isclose(float(loss), (math.log1p(math.exp(-2.0)) + math.log(2)) / 2, rel_tol=1e-6)
-    assert torch.isfinite(rlhf.bradley_terry_loss(torch.tensor([-80.0]), torch.tensor([80.0])))
+    assert torch.isfinite(reward.bradley_terry_loss(torch.tensor([-80.0]), torch.tensor([80.0])))
     with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
-        rlhf.bradley_terry_loss(torch.zeros(3), torch.zeros(2))
+        reward.bradley_terry_loss(torch.zeros(3), torch.zeros(2))
 
 
 def test_reward_model_reads_the_last_token_and_ignores_right_padding(tok):
-    rm = rlhf.RewardModel.from_policy(tiny_gpt())
+    rm = reward.RewardModel.from_policy(tiny_gpt())
     rm.eval()
-    s = rlhf.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
+    s = sequences.encode_sequences(tok, ["Q: a\nA: ", "Q: bb\nA: "], ["x\n", "yz\n"], 64, pad_id=0)
     r = rm(s["ids"], s["lengths"])
     assert r.shape == (2,)
     alone = rm(s["ids"][:1, :10], torch.tensor([10]))
@@ -125,16 +127,16 @@ def test_reward_model_reads_the_last_token_and_ignores_right_padding(tok):
 
 
 def test_reward_model_learns_a_preference_with_fit(tok):
-    from course_lib.train import fit
+    from course_lib.train import OptimConfig, fit
 
-    prefs = [rlhf.Preference("reverse", e.prompt, e.answer, e.answer + "\n", e.answer[:-1] + "\n")
-             for e in instruct.sample_examples(WORDS, 16, seed=0, tasks=["reverse"])]
-    tensors = rlhf.preference_tensors(tok, prefs, 64, pad_id=0)
-    rm = rlhf.RewardModel.from_policy(tiny_gpt(n_embd=32))
-    before = rlhf.pairwise_accuracy(rm, tensors)
-    fit(rm, rlhf.rm_step_loss, rlhf.preference_batches(tensors, 16), steps=40, lr=3e-3, progress=False,
-        device="cpu", weight_decay=0.0)
-    assert rlhf.pairwise_accuracy(rm, tensors) > max(before, 0.9)
+    prefs = [preferences.Preference("reverse", e.prompt, e.answer, e.answer + "\n", e.answer[:-1] + "\n")
+             for e in instructions.sample_examples(WORDS, 16, seed=0, tasks=["reverse"])]
+    tensors = preferences.preference_tensors(tok, prefs, 64, pad_id=0)
+    rm = reward.RewardModel.from_policy(tiny_gpt(n_embd=32))
+    before = reward.pairwise_accuracy(rm, tensors)
+    fit(rm, reward.rm_step_loss(), preferences.preference_batches(tensors, 16), steps=40, optim=OptimConfig(lr=3e-3, weight_decay=0.0), progress=False,
+        device="cpu")
+    assert reward.pairwise_accuracy(rm, tensors) > max(before, 0.9)
 
 
 # --- PPO ----------------------------------------------------------------------------------------
@@ -143,24 +145,24 @@ def test_kl_penalty_rewards_by_hand_and_zero_when_policy_is_reference():
     logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
     ref = torch.tensor([[-1.0, -1.0, -1.0, -1.0]])
     mask = torch.tensor([[False, True, True, False]])
-    out = rlhf.kl_penalty_rewards(torch.tensor([4.0]), logp, ref, mask, beta=0.5)
+    out = ppo.kl_penalty_rewards(torch.tensor([4.0]), logp, ref, mask, beta=0.5)
     assert torch.allclose(out, torch.tensor([[0.0, 0.5, -0.25 + 4.0, 0.0]]))
-    out = rlhf.kl_penalty_rewards(torch.tensor([4.0]), logp, logp.clone(), mask, beta=0.5)
+    out = ppo.kl_penalty_rewards(torch.tensor([4.0]), logp, logp.clone(), mask, beta=0.5)
     assert torch.allclose(out, torch.tensor([[0.0, 0.0, 4.0, 0.0]]))
     with pytest.raises(ValueError, match=r"scores must have shape \(B,\) = \(1,\)"):
-        rlhf.kl_penalty_rewards(torch.zeros(2), logp, ref, mask, 0.1)
+        ppo.kl_penalty_rewards(torch.zeros(2), logp, ref, mask, 0.1)
     with pytest.raises(ValueError, match=r"mask must have the shape of logp \(1, 4\), got \(1, 3\)"):
-        rlhf.kl_penalty_rewards(torch.zeros(1), logp, ref, mask[:, :3], 0.1)
+        ppo.kl_penalty_rewards(torch.zeros(1), logp, ref, mask[:, :3], 0.1)
 
 
 def test_returns_and_leave_one_out_baseline():
     r = torch.tensor([[0.0, 1.0, 2.0, 0.0]])
     m = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
-    assert torch.equal(rlhf.returns_to_go(r, m), torch.tensor([[0.0, 3.0, 2.0, 0.0]]))
-    b = rlhf.leave_one_out_baseline(torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), 3)
+    assert torch.equal(ppo.returns_to_go(r, m), torch.tensor([[0.0, 3.0, 2.0, 0.0]]))
+    b = ppo.leave_one_out_baseline(torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), 3)
     assert torch.allclose(b, torch.tensor([2.5, 2.0, 1.5, 25.0, 20.0, 15.0]))
     with pytest.raises(ValueError, match="group_size"):
-        rlhf.leave_one_out_baseline(torch.zeros(5), 2)
+        ppo.leave_one_out_baseline(torch.zeros(5), 2)
 
 
 def test_ppo_clip_loss_by_hand():
@@ -169,11 +171,11 @@ def test_ppo_clip_loss_by_hand():
     old = torch.zeros(1, 3)
     adv = torch.tensor([[1.0, -1.0, 7.0]])
     mask = torch.tensor([[True, True, False]])
-    loss = rlhf.ppo_clip_loss(logp, old, adv, mask, clip=0.2)
+    loss = ppo.ppo_clip_loss(logp, old, adv, mask, clip=0.2)
     assert math.isclose(float(loss), -(1.2 - 0.8) / 2, abs_tol=1e-6)
     # pi == pi_old: ratio 1, loss = -mean advantage, gradient = -A / n per token
     lp = torch.zeros(1, 3, requires_grad=True)
-    rlhf.ppo_clip_loss(lp, old, adv, mask).backward()
+    ppo.ppo_clip_loss(lp, old, adv, mask).backward()
     assert torch.allclose(lp.grad, torch.tensor([[-0.5, 0.5, 0.0]]))
 
 
@@ -195,9 +197,9 @@ def test_ppo_end_to_end_rewards_go_up_and_first_ratio_is_one(tok):
     policy = tiny_gpt(1, n_embd=32)
     ref = copy.deepcopy(policy)
     rm = CountE(tok.encode("e")[0])
-    cfg = rlhf.PPOConfig(iterations=24, prompts_per_iter=8, group_size=4, epochs=2, minibatches=2, lr=1e-2,
+    cfg = ppo.PPOConfig(iterations=24, prompts_per_iter=8, group_size=4, epochs=2, minibatches=2, lr=1e-2,
                          beta=0.01, max_new_tokens=8, seed=0)
-    hist = rlhf.ppo_train(policy, ref, rm, tok, WORDS, cfg, eval_fn=lambda m: {"x": 1.0}, eval_every=12)
+    hist = ppo.ppo_train(policy, ref, rm, tok, WORDS, cfg, eval_fn=lambda m, step: {"x": 1.0}, eval_every=12)
     assert all(abs(r - 1.0) < 1e-5 for r in hist.first_ratio)  # every update starts at pi == pi_old
     assert abs(hist.kl[0]) < 1e-5  # the first rollout's policy is the reference
     assert sum(hist.reward[-4:]) / 4 > sum(hist.reward[:4]) / 4 + 0.5
@@ -208,8 +210,8 @@ def test_ppo_end_to_end_rewards_go_up_and_first_ratio_is_one(tok):
 
 def test_rollout_kl_is_zero_when_policy_is_the_reference(tok):
     policy = tiny_gpt()
-    exs = instruct.sample_examples(WORDS, 3, seed=0)
-    ro = rlhf.rollout(policy, copy.deepcopy(policy), CountE(5), tok, exs, group_size=2, beta=0.1, max_new_tokens=6)
+    exs = instructions.sample_examples(WORDS, 3, seed=0)
+    ro = ppo.rollout(policy, copy.deepcopy(policy), CountE(5), tok, exs, group_size=2, beta=0.1, max_new_tokens=6)
     assert torch.allclose(ro["kl"], torch.zeros_like(ro["kl"]), atol=1e-6)
     assert ro["advantages"].shape == ro["mask"].shape
 
@@ -217,16 +219,16 @@ def test_rollout_kl_is_zero_when_policy_is_the_reference(tok):
 # --- DPO ----------------------------------------------------------------------------------------
 
 def test_dpo_loss_by_hand_and_log2_when_policy_is_reference(tok):
-    loss = rlhf.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
+    loss = dpo.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
     assert math.isclose(float(loss), math.log1p(math.exp(-1.0)), rel_tol=1e-6)  # beta * margin = 0.5 * 2
     model = tiny_gpt()
-    prefs = [rlhf.Preference("first", "Q: a\nA: ", "a", "a\n", "b\n"),
-             rlhf.Preference("last", "Q: bb\nA: ", "b", "b\n", "cc\n")]
-    tensors = rlhf.add_reference_logprobs(model, rlhf.preference_tensors(tok, prefs, 64, pad_id=0))
-    loss = rlhf.dpo_step_loss(0.1)(model, tensors)
+    prefs = [preferences.Preference("first", "Q: a\nA: ", "a", "a\n", "b\n"),
+             preferences.Preference("last", "Q: bb\nA: ", "b", "b\n", "cc\n")]
+    tensors = dpo.add_reference_logprobs(model, preferences.preference_tensors(tok, prefs, 64, pad_id=0))
+    loss = dpo.dpo_step_loss(0.1)(model, tensors)
     assert math.isclose(loss.item(), math.log(2), rel_tol=1e-6)
     with pytest.raises(ValueError, match="beta"):
-        rlhf.dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.0)
+        dpo.dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), 0.0)
 
 
 # --- checkers -----------------------------------------------------------------------------------
@@ -249,11 +251,11 @@ def _kl_every_token(scores, logp, ref, mask, beta):
 
 
 def _kl_unmasked(scores, logp, ref, mask, beta):
-    return rlhf.kl_penalty_rewards(scores, logp, ref, mask, beta) - beta * (logp - ref) * (~mask).float()
+    return ppo.kl_penalty_rewards(scores, logp, ref, mask, beta) - beta * (logp - ref) * (~mask).float()
 
 
 def _kl_sign(scores, logp, ref, mask, beta):
-    return rlhf.kl_penalty_rewards(scores, ref, logp, mask, beta)
+    return ppo.kl_penalty_rewards(scores, ref, logp, mask, beta)
 
 
 def _ppo_no_clip(logp, old, adv, mask, clip=0.2):
@@ -267,7 +269,7 @@ def _ppo_max(logp, old, adv, mask, clip=0.2):
 
 
 def _ppo_all_positions(logp, old, adv, mask, clip=0.2):
-    return rlhf.ppo_clip_loss(logp, old, adv, torch.ones_like(mask), clip)
+    return ppo.ppo_clip_loss(logp, old, adv, torch.ones_like(mask), clip)
 
 
 def _dpo_no_ref(pc, pr, rc, rr, beta):
@@ -279,7 +281,7 @@ def _dpo_no_beta(pc, pr, rc, rr, beta):
 
 
 def _dpo_swapped(pc, pr, rc, rr, beta):
-    return rlhf.dpo_loss(pr, pc, rr, rc, beta)
+    return dpo.dpo_loss(pr, pc, rr, rc, beta)
 
 
 def _not_implemented(*args, **kwargs):
@@ -287,10 +289,10 @@ def _not_implemented(*args, **kwargs):
 
 
 @pytest.mark.parametrize("check, reference, mistakes", [
-    (checks.bradley_terry_loss, rlhf.bradley_terry_loss, [_bt_swapped, _bt_sum, _bt_naive_log]),
-    (checks.kl_penalty_rewards, rlhf.kl_penalty_rewards, [_kl_every_token, _kl_unmasked, _kl_sign]),
-    (checks.ppo_clip_loss, rlhf.ppo_clip_loss, [_ppo_no_clip, _ppo_max, _ppo_all_positions]),
-    (checks.dpo_loss, rlhf.dpo_loss, [_dpo_no_ref, _dpo_no_beta, _dpo_swapped]),
+    (checks.bradley_terry_loss, reward.bradley_terry_loss, [_bt_swapped, _bt_sum, _bt_naive_log]),
+    (checks.kl_penalty_rewards, ppo.kl_penalty_rewards, [_kl_every_token, _kl_unmasked, _kl_sign]),
+    (checks.ppo_clip_loss, ppo.ppo_clip_loss, [_ppo_no_clip, _ppo_max, _ppo_all_positions]),
+    (checks.dpo_loss, dpo.dpo_loss, [_dpo_no_ref, _dpo_no_beta, _dpo_swapped]),
 ])
 def test_checkers_accept_the_reference_and_reject_mistakes(check, reference, mistakes, capsys):
     assert check(reference).passed

@@ -10,7 +10,7 @@ from torch import nn
 
 from course_lib import checks
 from course_lib.models import rnn
-from course_lib.synthetic import recall_batch, recall_vocab_size
+from course_lib.tasks.recall import recall_batch, recall_vocab_size
 from course_lib.tokenizers import CharTokenizer
 
 

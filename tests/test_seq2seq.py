@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from course_lib import checks
-from course_lib.dates import FORMATS, DateTask, identify_format, pad_batch, render
 from course_lib.models import seq2seq as s2s
+from course_lib.tasks.dates import FORMATS, DateTask, identify_format, pad_batch, render
 
 
 @pytest.fixture(scope="module")

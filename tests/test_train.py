@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from course_lib.device import seed_everything
-from course_lib.train import fit, load_checkpoint, lr_at
+from course_lib.train import OptimConfig, fit, load_checkpoint, lr_at
 
 
 def make_model(dropout: float = 0.1) -> nn.Module:
@@ -27,7 +27,7 @@ def mse(model, batch):
     return ((model(x) - y) ** 2).mean()
 
 
-COMMON = dict(steps=30, lr=1e-2, warmup=5, device="cpu", progress=False, accum_steps=2)
+COMMON = dict(steps=30, optim=OptimConfig(lr=1e-2, warmup=5), device="cpu", progress=False, accum_steps=2)
 
 
 def params(model):
@@ -85,7 +85,7 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
 def test_accumulation_equals_a_bigger_batch():
     """Two micro-batches of 8 give the same update as one batch of 16 (no dropout)."""
     big = make_model(0.0)
-    fit(big, mse, lambda i: data(i, 16), steps=5, lr=1e-2, device="cpu", progress=False)
+    fit(big, mse, lambda i: data(i, 16), steps=5, optim=OptimConfig(lr=1e-2), device="cpu", progress=False)
 
     def half(i):
         x, y = data(i // 2, 16)
@@ -93,7 +93,7 @@ def test_accumulation_equals_a_bigger_batch():
         return x[s], y[s]
 
     acc = make_model(0.0)
-    fit(acc, mse, half, steps=5, lr=1e-2, accum_steps=2, device="cpu", progress=False)
+    fit(acc, mse, half, steps=5, optim=OptimConfig(lr=1e-2), accum_steps=2, device="cpu", progress=False)
     for a, b in zip(params(big), params(acc), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
@@ -101,8 +101,8 @@ def test_accumulation_equals_a_bigger_batch():
 def test_training_reduces_loss_and_records_history():
     model = make_model(0.0)
     evals = []
-    h = fit(model, mse, data, steps=60, lr=1e-2, device="cpu", progress=False, eval_every=20,
-            eval_fn=lambda m: evals.append(m.training) or {"val_loss": mse(m, data(10_000)).item()},
+    h = fit(model, mse, data, steps=60, optim=OptimConfig(lr=1e-2), device="cpu", progress=False, eval_every=20,
+            eval_fn=lambda m, step: evals.append(m.training) or {"val_loss": mse(m, data(10_000)).item()},
             tokens_per_step=16, log_every=7)
     assert len(h.loss) == len(h.step) == len(h.lr) == len(h.grad_norm) == 60
     assert h.eval_step == [20, 40, 60] and evals == [False, False, False]
@@ -145,8 +145,8 @@ def test_bad_input():
 
 
 def test_time_budget_stops_early_and_still_evaluates():
-    h = fit(make_model(), mse, data, steps=10_000, lr=1e-3, device="cpu", progress=False, eval_every=5000,
-            max_seconds=0.3, eval_fn=lambda m: {"val_loss": mse(m, data(10_000)).item()})
+    h = fit(make_model(), mse, data, steps=10_000, optim=OptimConfig(lr=1e-3), device="cpu", progress=False, eval_every=5000,
+            max_seconds=0.3, eval_fn=lambda m, step: {"val_loss": mse(m, data(10_000)).item()})
     assert 0 < h.steps_done < 10_000
     assert h.eval_step == [h.steps_done] and "val_loss" in h.last_eval
 

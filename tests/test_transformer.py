@@ -46,7 +46,7 @@ def test_mha_matches_torch_float32(seed, masks):
             y, _ = mha(x, x, x, attn_mask=~may, need_weights=False)
             y2 = ours(x, attn_mask=may)
         elif masks == "causal":
-            y, _ = mha(x, x, x, attn_mask=~tr.causal_mask(n), need_weights=False)
+            y, _ = mha(x, x, x, attn_mask=~att.causal_mask(n), need_weights=False)
             y2 = ours(x, causal=True)
         else:
             y, _ = mha(x, x, x, key_padding_mask=pad, need_weights=False)
@@ -94,7 +94,7 @@ def test_from_scratch_multi_head_equals_torch(seed, causal):
     torch.manual_seed(seed)
     mha = nn.MultiheadAttention(d, h, batch_first=True, bias=False).eval()
     n = x.size(1)
-    mask = tr.causal_mask(n) if causal else None
+    mask = att.causal_mask(n) if causal else None
     with torch.no_grad():
         y, _ = mha(x, x, x, attn_mask=None if mask is None else ~mask, need_weights=False)
     ours = att.multi_head_self_attention(x, *_lecture_weights(mha), n_heads=h, mask=mask)

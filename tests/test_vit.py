@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import checks, vision
+from course_lib import checks, measure
 from course_lib.data import DataError
 from course_lib.models import vit as V
 from course_lib.models.transformer import MultiHeadAttention, TransformerEncoder
+from course_lib.tasks import vision
 
 
 # ---------------------------------------------------------------- patches and the patch embedding
@@ -100,8 +101,8 @@ def test_vit_b16_parameter_count_equals_torchvision_on_meta():
         ours = V.ViT(**V.VIT_B_16)
         theirs = vit_b_16()
     assert next(ours.parameters()).is_meta
-    n = V.count_params(ours)
-    assert n == V.count_params(theirs) == 86_567_656
+    n = measure.count_parameters(ours)
+    assert n == measure.count_parameters(theirs) == 86_567_656
     assert V.vit_param_count(**V.VIT_B_16) == n
 
 
@@ -141,8 +142,8 @@ def test_cls_attention_and_position_similarity():
 
 def test_small_cnn_matches_a_parameter_budget():
     vit = V.ViT(8, 2, 1, 10, 64, 4, 4, mlp_ratio=2.0)
-    cnn = V.SmallCNN.matching(V.count_params(vit), 1, 10)
-    assert abs(V.count_params(cnn) - V.count_params(vit)) / V.count_params(vit) < 0.05
+    cnn = V.SmallCNN.matching(measure.count_parameters(vit), 1, 10)
+    assert abs(measure.count_parameters(cnn) - measure.count_parameters(vit)) / measure.count_parameters(vit) < 0.05
     assert cnn(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\)"):
         cnn(torch.randn(2, 3, 8, 8))

@@ -6,6 +6,9 @@ import math
 
 import torch
 
+from ..models import gpt, lm
+from ..models.gpt import CONFIGS, GPTConfig, count_params_meta
+from ..tokenizers import merge as reference_merge
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
 __all__ = ["next_token_loss", "bpe_merge", "top_k_filter", "top_p_filter", "param_count",
@@ -15,7 +18,6 @@ __all__ = ["next_token_loss", "bpe_merge", "top_k_filter", "top_p_filter", "para
 @checker("next_token_loss", hint="the logits at position t predict the token at t + 1: compare "
          "logits[:, :-1] with tokens[:, 1:], and average over every predicted token.")
 def next_token_loss(student) -> str:
-    from ..models import gpt as ref
 
     g = torch.Generator().manual_seed(6)
     for B, n, V in ((2, 5, 7), (3, 9, 11), (1, 2, 4)):
@@ -23,14 +25,13 @@ def next_token_loss(student) -> str:
         tokens = torch.randint(0, V, (B, n), generator=g)
         out = student(logits, tokens)
         expect_tensor(out, f"the loss for logits {(B, n, V)}", shape=())
-        expect_close(out, ref.next_token_loss(logits, tokens), f"the loss for logits {(B, n, V)}", atol=1e-5)
+        expect_close(out, gpt.next_token_loss(logits, tokens), f"the loss for logits {(B, n, V)}", atol=1e-5)
     return "logits at t are scored against the token at t + 1"
 
 
 @checker("bpe_merge", hint="scan left to right; when ids[i], ids[i+1] equal the pair, emit the new id "
          "and skip both, otherwise emit ids[i] and move on by one.")
 def bpe_merge(student) -> str:
-    from ..tokenizers import merge as ref
 
     cases = [([1, 2, 3, 1, 2], (1, 2), 99), ([6, 6, 6, 6, 6], (6, 6), 7), ([5, 6, 6, 6], (6, 6), 9),
              ([4, 2], (4, 2), 256), ([1, 3, 1], (1, 2), 256), ([], (1, 2), 256), ([7], (7, 7), 300),
@@ -40,21 +41,20 @@ def bpe_merge(student) -> str:
         out = student(ids, pair, new)
         expect(isinstance(out, (list, tuple)), f"merge should return a list of ids, got {type(out).__name__}")
         expect(list(ids) == before, f"merge changed its input list {before} in place; return a new list")
-        expect(list(out) == ref(ids, pair, new),
-               f"merge({before}, {pair}, {new}) returned {list(out)}, expected {ref(ids, pair, new)}")
+        expect(list(out) == reference_merge(ids, pair, new),
+               f"merge({before}, {pair}, {new}) returned {list(out)}, expected {reference_merge(ids, pair, new)}")
     return "non-overlapping, left to right"
 
 
 @checker("top_k_filter", hint="find the k-th largest logit of each row (torch.topk) and set every "
          "logit below it to -inf; keep the others unchanged.")
 def top_k_filter(student) -> str:
-    from ..models import gpt as ref
 
     g = torch.Generator().manual_seed(66)
     for shape, k in (((2, 10), 3), ((4, 50), 1), ((3, 8), 8)):
         logits = torch.randn(*shape, generator=g)
         out = student(logits.clone(), k)
-        expected = ref.top_k_filter(logits, k)
+        expected = lm.top_k_filter(logits, k)
         expect_tensor(out, f"top_k_filter of {shape} logits", shape=shape)
         kept = torch.isfinite(out)
         expect(torch.equal(kept, torch.isfinite(expected)),
@@ -68,13 +68,12 @@ def top_k_filter(student) -> str:
 @checker("top_p_filter", hint="sort descending, take the cumulative softmax probabilities, and drop a "
          "token when the mass ranked above it already reaches p; the top token always stays.")
 def top_p_filter(student) -> str:
-    from ..models import gpt as ref
 
     g = torch.Generator().manual_seed(67)
     logits = torch.randn(4, 12, generator=g) * 2
     for p in (0.1, 0.5, 0.9, 1.0):
         out = student(logits.clone(), p)
-        expected = ref.top_p_filter(logits, p)
+        expected = lm.top_p_filter(logits, p)
         expect_tensor(out, f"top_p_filter(p={p})", shape=tuple(logits.shape))
         expect(torch.equal(torch.isfinite(out), torch.isfinite(expected)),
                f"with p={p} rows should keep {torch.isfinite(expected).sum(-1).tolist()} tokens, "
@@ -87,7 +86,6 @@ def top_p_filter(student) -> str:
 @checker("param_count", hint="embeddings V d + n_ctx d; per block: attention 4 d^2 + 4 d, MLP 8 d^2 + 5 d, "
          "two LayerNorms 4 d; the final LayerNorm 2 d; the tied LM head adds nothing.")
 def param_count(student) -> str:
-    from ..models.gpt import CONFIGS, GPTConfig, count_params_meta
 
     cases = [GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
              GPTConfig(vocab_size=1000, block_size=17, n_layer=3, n_head=2, n_embd=24),
@@ -107,7 +105,6 @@ def param_count(student) -> str:
 @checker("kv_attention_step", hint="concatenate the cache and the new key/value along the sequence "
          "axis (dim=2), then softmax(q K^T / sqrt(d)) V; return (y, K, V).")
 def kv_attention_step(student) -> str:
-    from ..models import gpt as ref
 
     g = torch.Generator().manual_seed(606)
     B, h, d = 2, 3, 8
@@ -118,7 +115,7 @@ def kv_attention_step(student) -> str:
         out = student(q, k_new, v_new, kc, vc)
         expect(isinstance(out, tuple) and len(out) == 3, "return a tuple (y, K, V)")
         y, K, V = out
-        y_ref, K_ref, V_ref = ref.kv_attention_step(q, k_new, v_new, kc, vc)
+        y_ref, K_ref, V_ref = gpt.kv_attention_step(q, k_new, v_new, kc, vc)
         expect_close(K, K_ref, f"K with {past} cached tokens", hint="K = cat([k_cache, k_new], dim=2)")
         expect_close(V, V_ref, f"V with {past} cached tokens")
         expect_close(y, y_ref, f"y with {past} cached tokens",

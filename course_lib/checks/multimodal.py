@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..models import captioner, llava
+from ..tokenizers import IGNORE
 from ._core import checker, expect, expect_close, expect_tensor
 
 __all__ = ["cross_attention", "word_attention", "prefix_sequence"]
@@ -15,7 +17,6 @@ __all__ = ["cross_attention", "word_attention", "prefix_sequence"]
          "(feats W_K, feats W_V); scale the scores by 1/sqrt(d_k) and take the softmax over the patches "
          "(the last dimension), so each character's weights sum to 1.")
 def cross_attention(student) -> str:
-    from ..models import captioner as ref
 
     g = torch.Generator().manual_seed(9)
     for B, T, N, d, dk in ((2, 5, 16, 8, 8), (1, 3, 6, 4, 2)):
@@ -24,7 +25,7 @@ def cross_attention(student) -> str:
         out = student(x, feats, w_q, w_k, w_v)
         expect(isinstance(out, tuple) and len(out) == 2, "cross_attention should return a pair (Y, A)")
         y, A = out
-        ey, eA = ref.cross_attention(x, feats, w_q, w_k, w_v)
+        ey, eA = captioner.cross_attention(x, feats, w_q, w_k, w_v)
         expect_tensor(A, f"A for {T} characters and {N} patches", shape=(B, T, N))
         expect_tensor(y, "Y", shape=(B, T, dk))
         expect(torch.allclose(A.sum(-1), torch.ones(B, T), atol=1e-5),
@@ -40,7 +41,6 @@ def cross_attention(student) -> str:
 @checker("word_attention", hint="word w of caption.split(' ') covers the rows of its own characters (skip "
          "the spaces); average those rows, then reshape the N patches to (gh, gw) row by row.")
 def word_attention(student) -> str:
-    from ..models import captioner as ref
 
     g = torch.Generator().manual_seed(10)
     for caption, grid in (("a red circle", (2, 3)), ("a blue square left of a red triangle", (4, 4)), ("ab", (1, 5))):
@@ -52,7 +52,7 @@ def word_attention(student) -> str:
         expect(torch.allclose(out.sum((1, 2)), torch.ones(n_words), atol=1e-5),
                "each word's map should sum to 1 like one attention row: average the characters' rows, "
                "do not add them")
-        expect_close(out, ref.word_attention(A, caption, grid), f"the maps of {caption!r}", atol=1e-5,
+        expect_close(out, captioner.word_attention(A, caption, grid), f"the maps of {caption!r}", atol=1e-5,
                      hint="check which rows belong to each word, and reshape to (gh, gw), not (gw, gh)")
     return "one map per word"
 
@@ -60,8 +60,6 @@ def word_attention(student) -> str:
 @checker("prefix_sequence", hint="torch.cat([image_tokens, text_embeds], dim=1) puts the N visual tokens "
          "first; the labels get N values of -100 in front of the text's labels.")
 def prefix_sequence(student) -> str:
-    from ..instruct import IGNORE
-    from ..models import captioner as ref
 
     g = torch.Generator().manual_seed(11)
     for B, N, T, d in ((2, 4, 5, 3), (1, 16, 7, 8)):
@@ -71,7 +69,7 @@ def prefix_sequence(student) -> str:
         out = student(img, txt, labels)
         expect(isinstance(out, tuple) and len(out) == 2, "prefix_sequence should return a pair (embeds, labels)")
         e, lab = out
-        ee, el = ref.prefix_sequence(img, txt, labels)
+        ee, el = llava.prefix_sequence(img, txt, labels)
         expect_tensor(e, "embeds", shape=(B, N + T, d))
         expect_tensor(lab, "labels", shape=(B, N + T))
         expect(torch.equal(e[:, :N], img), "the image tokens should come first (the text is conditioned on them)")

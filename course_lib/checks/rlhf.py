@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..tuning import dpo, ppo, reward
 from ._core import checker, expect, expect_close, expect_tensor
 
 __all__ = ["bradley_terry_loss", "kl_penalty_rewards", "ppo_clip_loss", "dpo_loss"]
@@ -17,15 +18,14 @@ def _same(a, b: torch.Tensor, atol: float = 1e-5) -> bool:
 @checker("bradley_terry_loss", hint="P(y_w preferred) = sigmoid(r_w - r_l); the loss is its negative log, "
          "-F.logsigmoid(r_chosen - r_rejected), averaged over the pairs.")
 def bradley_terry_loss(student) -> str:
-    from .. import rlhf as ref
 
     g = torch.Generator().manual_seed(80)
     for B in (5, 1, 12):
         rc, rr = torch.randn(B, generator=g) * 2, torch.randn(B, generator=g) * 2
         out = student(rc.clone(), rr.clone())
-        expected = ref.bradley_terry_loss(rc, rr)
+        expected = reward.bradley_terry_loss(rc, rr)
         expect_tensor(out, f"the loss of {B} pairs", shape=())
-        expect(not _same(out, ref.bradley_terry_loss(rr, rc)),
+        expect(not _same(out, reward.bradley_terry_loss(rr, rc)),
                "your loss rewards the *rejected* response: the chosen reward comes first, r_w - r_l")
         if B > 1:
             expect(not _same(out, expected * B), "your loss sums over the pairs; take the mean")
@@ -57,18 +57,17 @@ def _kl_case(seed: int):
 @checker("kl_penalty_rewards", hint="r_t = -beta * (logp - ref_logp) on response tokens only (multiply by the "
          "mask); then add the reward model's score at each row's LAST response token, not at every token.")
 def kl_penalty_rewards(student) -> str:
-    from .. import rlhf as ref
 
     for seed, beta in ((81, 0.1), (82, 0.5)):
         scores, logp, ref_logp, mask = _kl_case(seed)
         args = lambda: (scores.clone(), logp.clone(), ref_logp.clone(), mask.clone(), beta)
         out = student(*args())
-        expected = ref.kl_penalty_rewards(*args())
+        expected = ppo.kl_penalty_rewards(*args())
         expect_tensor(out, "the per-token rewards", shape=tuple(expected.shape))
         m = mask.float()
         every = -beta * (logp - ref_logp) * m + scores[:, None] * m
         expect(not _same(out, every), "the score is added at every response token; it belongs at the last one only")
-        flipped = ref.kl_penalty_rewards(scores, ref_logp, logp, mask, beta)
+        flipped = ppo.kl_penalty_rewards(scores, ref_logp, logp, mask, beta)
         expect(not _same(out, flipped), "the KL penalty has the wrong sign: it is -beta (log pi - log pi_ref)")
         unmasked = expected + (-beta * (logp - ref_logp)) * (1 - m)
         expect(not _same(out, unmasked), "prompt and padding positions must get reward 0: multiply by the mask")
@@ -84,7 +83,6 @@ def kl_penalty_rewards(student) -> str:
 @checker("ppo_clip_loss", hint="ratio = exp(logp - old_logp); surrogate = min(ratio * A, clamp(ratio, 1 - clip, "
          "1 + clip) * A); loss = -(surrogate * mask).sum() / mask.sum().")
 def ppo_clip_loss(student) -> str:
-    from .. import rlhf as ref
 
     g = torch.Generator().manual_seed(84)
     B, T = 4, 6
@@ -95,7 +93,7 @@ def ppo_clip_loss(student) -> str:
         mask = torch.rand(B, T, generator=g) > 0.3
         mask[:, 0] = True
         out = student(logp.clone(), old.clone(), adv.clone(), mask.clone(), clip)
-        expected = ref.ppo_clip_loss(logp, old, adv, mask, clip)
+        expected = ppo.ppo_clip_loss(logp, old, adv, mask, clip)
         expect_tensor(out, "the PPO loss", shape=())
         m = mask.float()
         ratio = torch.exp(logp - old)
@@ -106,7 +104,7 @@ def ppo_clip_loss(student) -> str:
         as_max = -(torch.maximum(ratio * adv, clipped * adv) * m).sum() / m.sum()
         expect(not _same(out, as_max), "use the min of the two terms (the pessimistic bound), not the max")
         expect(not _same(out, -expected), "the sign: the loss is the NEGATIVE clipped surrogate (we minimise it)")
-        all_pos = ref.ppo_clip_loss(logp, old, adv, torch.ones_like(mask), clip)
+        all_pos = ppo.ppo_clip_loss(logp, old, adv, torch.ones_like(mask), clip)
         expect(not _same(out, all_pos), "padding and prompt positions count in your mean; average over the mask")
         expect_close(out, expected, f"the PPO loss (clip={clip})", atol=1e-5)
     # at the start of an update pi == pi_old: ratio 1, the loss is -mean advantage
@@ -118,18 +116,17 @@ def ppo_clip_loss(student) -> str:
 @checker("dpo_loss", hint="margin = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected); loss = "
          "-F.logsigmoid(beta * margin).mean().")
 def dpo_loss(student) -> str:
-    from .. import rlhf as ref
 
     g = torch.Generator().manual_seed(85)
     for B, beta in ((6, 0.1), (3, 0.5)):
         pc, pr = -torch.rand(B, generator=g) * 20, -torch.rand(B, generator=g) * 20
         rc, rr = -torch.rand(B, generator=g) * 20, -torch.rand(B, generator=g) * 20
         out = student(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
-        expected = ref.dpo_loss(pc, pr, rc, rr, beta)
+        expected = dpo.dpo_loss(pc, pr, rc, rr, beta)
         expect_tensor(out, "the DPO loss", shape=())
         no_ref = -torch.nn.functional.logsigmoid(beta * (pc - pr)).mean()
         expect(not _same(out, no_ref), "the reference is missing: each log-prob is measured relative to pi_ref")
-        expect(not _same(out, ref.dpo_loss(pr, pc, rr, rc, beta)),
+        expect(not _same(out, dpo.dpo_loss(pr, pc, rr, rc, beta)),
                "chosen and rejected are swapped: the chosen log-ratio comes first")
         no_beta = -torch.nn.functional.logsigmoid((pc - rc) - (pr - rr)).mean()
         expect(not _same(out, no_beta), f"beta={beta} must scale the margin inside the sigmoid")

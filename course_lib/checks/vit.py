@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..models import vit
+from ..models.vit import ViT
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
 __all__ = ["patchify", "patch_embedding", "vit_forward"]
@@ -16,13 +18,12 @@ def _images(shape: tuple[int, ...], seed: int) -> torch.Tensor:
                           "front with permute, then flatten: patches row by row, each as (C, P, P).")
 def patchify(student_patchify) -> str:
     """``patchify(x, patch_size)``: (B, C, H, W) -> (B, N, C P^2) in the layout of a Conv2d weight."""
-    from ..models.vit import patchify as ref
 
     cases = [((2, 3, 8, 8), 4), ((1, 3, 6, 9), 3), ((3, 1, 8, 8), 2), ((2, 2, 4, 8), 2)]
     for k, (shape, P) in enumerate(cases):
         x = _images(shape, k)
         out = student_patchify(x, P)
-        want = ref(x, P)
+        want = vit.patchify(x, P)
         expect_tensor(out, f"patchify of a {shape} batch with P={P}", tuple(want.shape))
         if not torch.allclose(out.double(), want.double()):
             same_set = torch.allclose(out.sort(-1).values.double(), want.sort(-1).values.double())
@@ -41,7 +42,6 @@ def patchify(student_patchify) -> str:
                                  "token first, then add the position embeddings to all N+1 tokens.")
 def patch_embedding(student_embed) -> str:
     """``embed(x, weight, bias, cls_token, pos_embed, patch_size)`` -> z_0 (B, N+1, d) (ViT eq. 1)."""
-    from ..models.vit import embed_patches as ref
 
     g = torch.Generator().manual_seed(5)
     for B, C, H, W, P, d in [(2, 3, 8, 8, 4, 16), (3, 1, 8, 8, 2, 8), (1, 3, 12, 6, 3, 12)]:
@@ -52,7 +52,7 @@ def patch_embedding(student_embed) -> str:
         cls = torch.randn(1, 1, d, generator=g)
         pos = torch.randn(1, N + 1, d, generator=g)
         out = student_embed(x, weight, bias, cls, pos, P)
-        want = ref(x, weight, bias, cls, pos, P)
+        want = vit.embed_patches(x, weight, bias, cls, pos, P)
         expect_tensor(out, f"z_0 for {B} images of {C}x{H}x{W}, P={P}, d={d}", (B, N + 1, d))
         expect_close(out[:, 0], want[:, 0], "token 0 (class token + E_pos[0])",
                      hint="the class token goes first, and it gets a position embedding too")
@@ -67,7 +67,6 @@ def patch_embedding(student_embed) -> str:
                              "model.head applied to the class token's output z_L[:, 0].")
 def vit_forward(student_forward) -> str:
     """``vit_forward(model, x)`` -> logits (B, n_classes), equal to the course ViT's ``model(x)``."""
-    from ..models.vit import ViT
 
     torch.manual_seed(11)
     for cfg, shape in [(dict(image_size=8, patch_size=2, in_channels=1, n_classes=10, d_model=16, n_layers=2,

@@ -23,20 +23,33 @@ positional encodings and the small models notebooks 03 and 04 train.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from .transformer import TransformerEncoder, causal_mask, sinusoidal_positions
 
 __all__ = [
     "weighted_average", "attention_weights", "scaled_dot_product_attention", "self_attention",
     "multi_head_self_attention",
     "causal_mask", "sinusoidal_positions", "SelfAttention", "PositionalEncoding", "OrderProbe",
-    "TransformerClassifier", "saved_activation_bytes", "median_seconds",
 ]
+
+
+def causal_mask(n: int, device=None) -> torch.Tensor:
+    """(n, n) boolean, True on and below the diagonal: token i may see tokens j <= i."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
+    """Fixed positional encoding E (n, d) of Vaswani et al.: E[p, 2i] = sin(p / 10000^(2i/d)),
+    E[p, 2i+1] = cos(p / 10000^(2i/d))."""
+    if d % 2:
+        raise ValueError(f"sinusoidal positions need an even dimension, got d={d}")
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
+    E = torch.zeros(n, d)
+    E[:, 0::2] = torch.sin(pos * freq)
+    E[:, 1::2] = torch.cos(pos * freq)
+    return E
 
 
 def weighted_average(a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -241,68 +254,7 @@ class OrderProbe(nn.Module):
         return (logits, torch.stack(maps, 1)) if return_weights else logits
 
 
-class TransformerClassifier(nn.Module):
-    """Embedding + positional encoding + :class:`~course_lib.models.transformer.TransformerEncoder`,
-    classified from the last position (the recall task of notebooks 01 and 04).
-
-    ``causal=True`` makes it a decoder-only stack. Returns logits (B, n_classes), or
-    (logits, maps) with maps (B, layers, heads, n, n) when ``return_weights``.
-    """
-
-    def __init__(self, vocab_size: int, n_classes: int, max_len: int, d_model: int = 64, n_heads: int = 4,
-                 n_layers: int = 2, pos: str = "learned", causal: bool = False, dropout: float = 0.0):
-        super().__init__()
-        self.tok = nn.Embedding(vocab_size, d_model)
-        self.pos = PositionalEncoding(max_len, d_model, pos)
-        self.encoder = TransformerEncoder(n_layers, d_model, n_heads, dropout=dropout, causal=causal)
-        self.head = nn.Linear(d_model, n_classes)
-
-    def forward(self, x: torch.Tensor, return_weights: bool = False):
-        if x.dim() != 2:
-            raise ValueError(f"expected token ids (B, n), got shape {tuple(x.shape)}")
-        h = self.pos(self.tok(x))
-        if return_weights:
-            h, maps = self.encoder(h, return_weights=True)
-            return self.head(h[:, -1]), maps
-        return self.head(self.encoder(h)[:, -1])
 
 
-def saved_activation_bytes(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of ``fn(*inputs)``.
-
-    An exact, device-independent memory measure: the naive attention saves the (n x n)
-    attention matrix, a fused kernel (flash / memory-efficient) only O(n) statistics.
-    Storage shared between saved tensors (and the inputs) is counted once; inputs are excluded.
-    """
-    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return total
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds (after ``warmup`` calls; CUDA synchronised)."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]

@@ -8,23 +8,20 @@ only see tokens <= t -- then a final LayerNorm and the LM head, which reuses E_t
 (weight tying, Press & Wolf, 2017): logits = LN(H) E_tok^T. Pre-training minimises the
 next-token cross-entropy  L = -1/n sum_t log p(x_{t+1} | x_1..x_t).
 
-Also here: the GPT-1/2/3 configurations and their parameter counts and FLOPs per token,
-generation (greedy, temperature, top-k, top-p) with an optional KV cache, and loading OpenAI's
-GPT-2 weights from a Hugging Face checkpoint.
+Also here: the GPT-1/2/3 configurations and their parameter counts and FLOPs per token, and the
+KV cache's attention step. Generation is :mod:`course_lib.models.lm`; OpenAI's GPT-2 weights are
+:mod:`course_lib.models.gpt2_weights`.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rnn import sample_with_temperature
 from .transformer import Block, KVCache
 
 
@@ -230,26 +227,8 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(pred, tokens[:, 1:].reshape(-1))
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits of each row, set the rest to -inf (ties at the k-th value kept)."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {k!r}")
-    k = min(k, logits.size(-1))
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filtering (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"):
-    keep the smallest set of most likely tokens whose probabilities sum to at least p."""
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits.float(), dim=-1)
-    before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above
-    drop_sorted = before >= p  # the most likely token always stays (before = 0 < p)
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
 
 
 def kv_attention_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -269,136 +248,19 @@ def kv_attention_step(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 # Generation
 # ---------------------------------------------------------------------------------------------
 
-def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, V). ``temperature=0`` is greedy."""
-    if logits.dim() != 2:
-        raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
-    if temperature == 0 or (top_k is None and top_p is None):
-        return sample_with_temperature(logits, temperature, generator).unsqueeze(-1)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    logits = logits.float() / temperature  # temperature first: top-p's nucleus depends on it
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return sample_with_temperature(logits, 1.0, generator).unsqueeze(-1)
 
 
-@torch.no_grad()
-def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-             slide: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Continue ``idx`` (B, n) by ``max_new_tokens`` tokens; returns (B, n + max_new_tokens).
-
-    ``temperature=0`` is greedy decoding. With ``use_cache`` each step feeds only the newest
-    token through the model and reuses the cached keys/values (same output as without it).
-    A sequence longer than the context is an error unless ``slide=True``, which conditions on
-    the last ``block_size`` tokens (once the window is full the cache is rebuilt every step).
-    """
-    if idx.dim() != 2:
-        raise ValueError(f"idx must be (B, n) token ids, got shape {tuple(idx.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    bs = model.config.block_size
-    if not slide and idx.size(1) + max_new_tokens > bs:
-        raise ValueError(f"prompt ({idx.size(1)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                         f"context length block_size={bs}; pass slide=True to condition on the last "
-                         f"{bs} tokens")
-    was_training = model.training
-    model.eval()
-    caches = None
-    try:
-        for _ in range(max_new_tokens):
-            if use_cache and caches is not None and len(caches[0]) < bs:
-                logits = model(idx[:, -1:], kv_caches=caches)
-            else:
-                window = idx[:, -bs:]
-                caches = model.new_kv_caches() if use_cache else None
-                logits = model(window, kv_caches=caches)
-            nxt = sample_next(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)
-            idx = torch.cat([idx, nxt.to(idx.device)], dim=1)
-    finally:
-        model.train(was_training)
-    return idx
 
 
 # ---------------------------------------------------------------------------------------------
 # OpenAI's GPT-2 weights (Hugging Face format)
 # ---------------------------------------------------------------------------------------------
 
-_HF_SKIP = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 
 
-def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face GPT-2 state dict to ours. HF stores its linear layers as ``Conv1D``
-    with weights (in, out), so those are transposed; the LM head is tied and not stored."""
-    out: dict[str, torch.Tensor] = {}
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    rename = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
-              "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-    for key, t in hf_state.items():
-        k = key.removeprefix("transformer.")
-        if k.endswith(_HF_SKIP) or k == "lm_head.weight":
-            continue
-        if k.startswith("h."):
-            _, layer, rest = k.split(".", 2)
-            new_rest = rest
-            for a, b in rename.items():
-                if rest.startswith(a + "."):
-                    new_rest = b + rest[len(a):]
-                    break
-            t = t.t().contiguous() if rest in transposed else t
-            out[f"blocks.{layer}.{new_rest}"] = t
-        elif k.split(".")[0] in ("wte", "wpe", "ln_f"):
-            out[k] = t
-        else:
-            raise ValueError(f"unexpected key {key!r} in a GPT-2 checkpoint")
-    if "wte.weight" in out:
-        out["lm_head.weight"] = out["wte.weight"]
-    return out
 
 
-def config_from_hf(hf_config: dict) -> GPTConfig:
-    """Our config from a Hugging Face ``config.json`` of a GPT-2 model."""
-    if hf_config.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got {hf_config.get('model_type')!r}")
-    act = hf_config.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"our GPT uses the tanh GELU ('gelu_new'); this checkpoint uses {act!r}")
-    inner = hf_config.get("n_inner")
-    if inner not in (None, 4 * hf_config["n_embd"]):
-        raise ValueError(f"our GPT has an MLP of 4 * n_embd = {4 * hf_config['n_embd']}, checkpoint has {inner}")
-    return GPTConfig(vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
-                     n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
 
 
-def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None = None,
-                       weights: str | Path | None = None) -> GPT:
-    """Our GPT with the weights of a Hugging Face GPT-2 checkpoint: a folder with
-    ``config.json`` and ``model.safetensors`` (e.g. written by ``save_pretrained``), or the two
-    given separately."""
-    from safetensors.torch import load_file
-
-    if folder is not None:
-        folder = Path(folder)
-        if config is None:
-            config = json.loads((folder / "config.json").read_text())
-        weights = weights or folder / "model.safetensors"
-    if config is None or weights is None:
-        raise ValueError("give a checkpoint folder, or both config (dict) and weights (path)")
-    model = GPT(config_from_hf(config))
-    state = hf_gpt2_to_ours(load_file(str(weights)))
-    model.load_state_dict_checked(state, where=f"GPT-2 checkpoint {weights}")
-    return model.eval()
 
 
-def from_pretrained_gpt2(repo_id: str = "openai-community/gpt2") -> GPT:
-    """OpenAI's GPT-2 (124M by default) from the Hugging Face hub, cached by the data layer.
-    Offline and not cached: ``course_lib.data.DataError`` saying where to put the files."""
-    from ..data import fetch_hf
-
-    cfg = json.loads(fetch_hf(repo_id, "config.json").read_text())
-    return from_hf_checkpoint(config=cfg, weights=fetch_hf(repo_id, "model.safetensors"))

@@ -270,5 +270,3 @@ def sample_text(model: RNNLanguageModel, tokenizer, prompt: str, n_new: int, tem
     return tokenizer.decode(generate(model, ids, n_new, temperature, g, sampler)[0])
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import PositionalEncoding, causal_mask
+
 
 def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(B, n, d) -> (B, h, n, d/h): each head gets its own slice of the features."""
@@ -38,22 +40,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, n, h * dh)
 
 
-def causal_mask(n: int, device=None) -> torch.Tensor:
-    """(n, n) boolean, True on and below the diagonal: token i may see tokens j <= i."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
-    """Fixed positional encoding E (n, d) of Vaswani et al.: E[p, 2i] = sin(p / 10000^(2i/d)),
-    E[p, 2i+1] = cos(p / 10000^(2i/d))."""
-    if d % 2:
-        raise ValueError(f"sinusoidal positions need an even dimension, got d={d}")
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
-    E = torch.zeros(n, d)
-    E[:, 0::2] = torch.sin(pos * freq)
-    E[:, 1::2] = torch.cos(pos * freq)
-    return E
 
 
 def _combine_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
@@ -297,3 +285,29 @@ def block_param_count(d_model: int, mlp_ratio: float = 4.0, bias: bool = True) -
     mlp = 2 * d * hidden + ((hidden + d) if bias else 0)
     norms = 2 * (2 * d if bias else d)
     return attn + mlp + norms
+
+
+class TransformerClassifier(nn.Module):
+    """Embedding + positional encoding + :class:`~course_lib.models.transformer.TransformerEncoder`,
+    classified from the last position (the recall task of notebooks 01 and 04).
+
+    ``causal=True`` makes it a decoder-only stack. Returns logits (B, n_classes), or
+    (logits, maps) with maps (B, layers, heads, n, n) when ``return_weights``.
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int, max_len: int, d_model: int = 64, n_heads: int = 4,
+                 n_layers: int = 2, pos: str = "learned", causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = PositionalEncoding(max_len, d_model, pos)
+        self.encoder = TransformerEncoder(n_layers, d_model, n_heads, dropout=dropout, causal=causal)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        if x.dim() != 2:
+            raise ValueError(f"expected token ids (B, n), got shape {tuple(x.shape)}")
+        h = self.pos(self.tok(x))
+        if return_weights:
+            h, maps = self.encoder(h, return_weights=True)
+            return self.head(h[:, -1]), maps
+        return self.head(self.encoder(h)[:, -1])

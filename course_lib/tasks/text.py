@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import load_text
-from .tokenizers import CharTokenizer
+from ..data import load_text
+from ..tokenizers import CharTokenizer
 
 
 def random_windows(ids: torch.Tensor, batch_size: int, block_size: int,

@@ -1,4 +1,4 @@
-"""Instruction tuning (supervised fine-tuning, SFT) on a synthetic instruction set.
+"""The synthetic instruction set of notebook 07 (SFT) and the prompts of 08 (RLHF) and 09 (VQA).
 
 The lecture's "LM != assistant": a pretrained language model continues text; asked a question,
 it writes more text *like* the question. Step 1 of InstructGPT (Ouyang et al., 2022, "Training
@@ -28,11 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-IGNORE = -100  # label of positions that do not count in the loss (F.cross_entropy's ignore_index)
+from ..tokenizers import IGNORE
+
 PROMPT_PREFIX = "Q: "
+
 RESPONSE_PREFIX = "\nA: "
+
 STOP = "\n"
 
 
@@ -42,7 +44,6 @@ class Task:
     phrasings: tuple[str, ...]  # each with one "{w}"
     answer: Callable[[str], str]
 
-
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("reverse", ("reverse {w}", "write {w} backwards"), lambda w: w[::-1]),
     Task("shout", ("shout {w}", "say {w} in capitals"), lambda w: w.upper()),
@@ -51,7 +52,6 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("first", ("first letter of {w}", "how does {w} begin?"), lambda w: w[0]),
     Task("last", ("last letter of {w}", "how does {w} end?"), lambda w: w[-1]),
 )}
-
 
 @dataclass(frozen=True)
 class Example:
@@ -68,13 +68,11 @@ class Example:
     def text(self) -> str:
         return self.prompt + self.response
 
-
 def format_prompt(instruction: str) -> str:
     """The template around an instruction: ``"Q: " + instruction + "\\nA: "``."""
     if "\n" in instruction:
         raise ValueError(f"an instruction must be one line, got {instruction!r}")
     return f"{PROMPT_PREFIX}{instruction}{RESPONSE_PREFIX}"
-
 
 def make_example(task: str, word: str, phrasing: int = 0) -> Example:
     if task not in TASKS:
@@ -86,11 +84,9 @@ def make_example(task: str, word: str, phrasing: int = 0) -> Example:
         raise ValueError(f"word must be letters only, got {word!r}")
     return Example(task, word, format_prompt(t.phrasings[phrasing].format(w=word)), t.answer(word) + STOP)
 
-
 def word_list(text: str, min_len: int = 3, max_len: int = 8) -> list[str]:
     """Sorted distinct lower-case words of ``min_len``..``max_len`` letters in ``text``."""
     return sorted({w for w in re.findall(r"\b[a-z]+\b", text) if min_len <= len(w) <= max_len})
-
 
 def split_words(words: Sequence[str], test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     """Disjoint (train, test) words; a word's side depends only on the word (a CRC32 hash), so the
@@ -100,7 +96,6 @@ def split_words(words: Sequence[str], test_fraction: float = 0.2) -> tuple[list[
     test = [w for w in words if zlib.crc32(w.encode()) % 1000 < test_fraction * 1000]
     held = set(test)
     return [w for w in words if w not in held], test
-
 
 def sample_examples(words: Sequence[str], n: int, seed: int = 0,
                     tasks: Sequence[str] | None = None) -> list[Example]:
@@ -116,7 +111,6 @@ def sample_examples(words: Sequence[str], n: int, seed: int = 0,
         phrasing = int(torch.randint(len(TASKS[task].phrasings), (), generator=g))
         out.append(make_example(task, word, phrasing))
     return out
-
 
 def test_set(words: Sequence[str], per_task: int = 50, seed: int = 1) -> list[Example]:
     """``per_task`` examples of every task (phrasings alternate), for exact-match evaluation."""
@@ -147,13 +141,14 @@ def mask_prompt_labels(ids: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor
     y[: prompt_len - 1] = IGNORE
     return x, y
 
-
-def encode_example(tokenizer, ex: Example, mask_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) of one example; with ``mask_prompt=False`` every next token counts (plain LM loss)."""
+def encode_example(tokenizer, ex: Example, mask_prompt: bool = True,
+                   mask_labels: Callable = mask_prompt_labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of one example; with ``mask_prompt=False`` every next token counts (plain LM loss).
+    ``mask_labels`` is :func:`mask_prompt_labels` or a function with its signature."""
     prompt = tokenizer.encode(ex.prompt)
     ids = torch.tensor(prompt + tokenizer.encode(ex.response), dtype=torch.long)
     if mask_prompt:
-        return mask_prompt_labels(ids, len(prompt))
+        return mask_labels(ids, len(prompt))
     return ids[:-1].clone(), ids[1:].clone()
 
 
@@ -176,90 +171,16 @@ def pad_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], block_size: in
         y[i, : len(yi)] = yi
     return x, y
 
-
 def sft_batches(tokenizer, words: Sequence[str], batch_size: int, block_size: int, seed: int = 0,
-                mask_prompt: bool = True) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic batch function ``i -> (x, y)`` for :func:`course_lib.train.fit`."""
-    pad = tokenizer.encode(STOP)[0]
+                mask_prompt: bool = True, pad: Callable = pad_batch, mask_labels: Callable = mask_prompt_labels
+                ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """Deterministic batch function ``i -> (x, y)`` for :func:`course_lib.train.fit`. ``pad`` and
+    ``mask_labels`` default to this module's :func:`pad_batch` and :func:`mask_prompt_labels`;
+    notebook 07 passes the student's own."""
+    stop = tokenizer.encode(STOP)[0]
 
     def get(i: int):
         exs = sample_examples(words, batch_size, seed=seed * 1_000_003 + i)
-        return pad_batch([encode_example(tokenizer, e, mask_prompt) for e in exs], block_size, pad)
+        return pad([encode_example(tokenizer, e, mask_prompt, mask_labels) for e in exs], block_size, stop)
 
     return get
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions whose label is not ``IGNORE``."""
-    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits must be (B, T, V) matching labels (B, T) = {tuple(labels.shape)}, "
-                         f"got {tuple(logits.shape)}")
-    if not (labels != IGNORE).any():
-        raise ValueError("every label is IGNORE: nothing to learn from in this batch")
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
-
-
-def sft_step_loss(model, batch) -> torch.Tensor:
-    """``loss_fn`` for :func:`course_lib.train.fit`: the model's logits, then :func:`sft_loss`."""
-    x, y = batch
-    return sft_loss(model(x), y)
-
-
-# ---------------------------------------------------------------------------------------------
-# Answering and scoring
-# ---------------------------------------------------------------------------------------------
-
-def length_groups(encoded: Sequence[Sequence[int]], batch_size: int):
-    """Yield ``(n, indices)``: chunks of at most ``batch_size`` prompts that all have ``n`` tokens,
-    shortest first, so each chunk is a rectangle and decodes without padding."""
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    for n, idxs in sorted(by_len.items()):
-        for s in range(0, len(idxs), batch_size):
-            yield n, idxs[s: s + batch_size]
-
-
-@torch.no_grad()
-def continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
-                  generator: torch.Generator | None = None, batch_size: int = 256) -> list[str]:
-    """The text each prompt continues with (``max_new_tokens`` of it, fewer if the context ends
-    first), decoded in length groups with the KV cache; ``temperature=0`` is greedy."""
-    from .models.gpt import generate
-
-    device = next(model.parameters()).device
-    encoded = [tokenizer.encode(p) for p in prompts]
-    block = model.config.block_size
-    out = [""] * len(prompts)
-    for n, chunk in length_groups(encoded, batch_size):
-        new = min(max_new_tokens, block - n)
-        if new <= 0:
-            raise ValueError(f"a prompt of {n} tokens leaves no room in the context block_size={block}")
-        idx = torch.tensor([encoded[i] for i in chunk], device=device)
-        gen = generate(model, idx, new, temperature=temperature, generator=generator)[:, n:].cpu()
-        for i, row in zip(chunk, gen, strict=True):
-            out[i] = tokenizer.decode(row)
-    return out
-
-
-def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
-            batch_size: int = 256) -> list[str]:
-    """Greedy responses to ``prompts``, cut at the first newline (the stop token)."""
-    was_training = model.training
-    model.eval()
-    texts = continuations(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
-    model.train(was_training)
-    return [t.split(STOP, 1)[0] for t in texts]
-
-
-def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, float]:
-    """Fraction of examples answered exactly, overall (``"all"``) and per task."""
-    if not examples:
-        raise ValueError("need at least one example")
-    answers = respond(model, tokenizer, [e.prompt for e in examples])
-    hits: dict[str, list[bool]] = {}
-    for e, a in zip(examples, answers, strict=True):
-        hits.setdefault(e.task, []).append(a == e.answer)
-    scores = {t: sum(h) / len(h) for t, h in hits.items()}
-    scores["all"] = sum(sum(h) for h in hits.values()) / len(examples)
-    return scores

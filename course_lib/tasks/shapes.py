@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tokenizers import IGNORE
+from .instructions import format_prompt, mask_prompt_labels, pad_batch
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.95, 0.15, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.35, 1.0), "yellow": (0.95, 0.9, 0.1),
 }
@@ -194,3 +197,60 @@ def qa_pairs(data: ShapesData, kinds: Sequence[str] = QUESTION_KINDS, held_out_o
                 continue
             out.append((i, kind, q, a))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches and scores for notebook 09's models
+# ---------------------------------------------------------------------------------------------
+
+def caption_batches(data, tokenizer, batch_size: int, seed: int = 0):
+    """``i -> (images, x, y)`` for :func:`course_lib.train.fit`: x = "\\n" + caption (the newline is
+    the start token), y = caption + "\\n" (it is the stop token too), right-padded with label -100."""
+    stop = tokenizer.encode("\n")[0]
+    encoded = [torch.tensor(tokenizer.encode(c + "\n")) for c in data.captions]
+
+    def get(i: int):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        idx = torch.randint(len(encoded), (batch_size,), generator=g).tolist()
+        T = max(len(encoded[j]) for j in idx)
+        x = torch.full((batch_size, T), stop, dtype=torch.long)
+        y = torch.full((batch_size, T), IGNORE, dtype=torch.long)
+        for r, j in enumerate(idx):
+            e = encoded[j]
+            x[r, 1:len(e)] = e[:-1]
+            y[r, :len(e)] = e
+        return data.images[idx], x, y
+
+    return get
+
+def vqa_batches(data, items: Sequence[tuple[int, str, str]], tokenizer, batch_size: int, seed: int = 0):
+    """``i -> (images, x, y)`` for :func:`course_lib.train.fit`: random (image index, prompt, answer)
+    items, the answer followed by the stop newline; the prompt's labels are masked
+    (:func:`course_lib.tasks.instructions.mask_prompt_labels`) and the batch right-padded. A prompt is either
+    the instruct template around a question or, for captions (LLaVA's stage 1), just ``"\n"``."""
+    if not items:
+        raise ValueError("need at least one (image index, prompt, answer) item")
+    pad = tokenizer.encode("\n")[0]
+    pairs = []
+    for _, p, a in items:
+        ids = tokenizer.encode(p)
+        pairs.append(mask_prompt_labels(torch.tensor(ids + tokenizer.encode(a + "\n")), len(ids)))
+
+    def get(i: int):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        idx = torch.randint(len(items), (batch_size,), generator=g).tolist()
+        x, y = pad_batch([pairs[j] for j in idx], 10_000, pad)
+        return data.images[[items[j][0] for j in idx]], x, y
+
+    return get
+
+def vqa_accuracy(model, data, qa: Sequence[tuple[int, str, str, str]], tokenizer) -> dict[str, float]:
+    """Exact-match accuracy of the answers, overall (``"all"``) and per question kind."""
+    if not qa:
+        raise ValueError("need at least one question")
+    answers = model.answer(data.images[[i for i, *_ in qa]], [format_prompt(q) for _, _, q, _ in qa], tokenizer)
+    hits: dict[str, list[bool]] = {}
+    for (_, kind, _, a), got in zip(qa, answers, strict=True):
+        hits.setdefault(kind, []).append(got == a)
+        hits.setdefault("all", []).append(got == a)
+    return {k: sum(v) / len(v) for k, v in hits.items()}

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data as _data
+from .. import data as _data
 
 __all__ = ["ImageSplit", "load_digits", "load_cifar10", "load_images", "batches", "augment", "accuracy",
            "CIFAR10_FILE", "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_CLASSES"]

@@ -1,0 +1,125 @@
+"""Token grids for post-training: prompt + response ids, response masks, log-probabilities,
+and sampled responses. Shared by the reward model, PPO and DPO.
+
+A batch of sequences is a dict of ``ids`` (B, T) right-padded, ``prompt_lens`` and ``lengths`` (B,).
+Position t of the logits predicts token t + 1, so the response mask of the (B, T - 1)
+log-probabilities is True where ``prompt_len <= t + 1 < length``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..models.lm import continuations
+from ..tasks.instructions import STOP
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+def _need_tensor(x, what: str, dim: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != dim:
+        raise ValueError(f"{what} must be a {dim}-D tensor, got {_shape(x)}")
+
+def _need_same_shape(what: str, *named: tuple[str, torch.Tensor]) -> None:
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(first.shape):
+            raise ValueError(f"{what}: {n} must have the shape of {first_name} {tuple(first.shape)}, got {_shape(t)}")
+
+def _check_seqs(ids: torch.Tensor, lengths: torch.Tensor, prompt_lens: torch.Tensor | None = None) -> None:
+    _need_tensor(ids, "ids (B, T)", 2)
+    if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (ids.size(0),):
+        raise ValueError(f"lengths must have shape (B,) = ({ids.size(0)},) for ids {tuple(ids.shape)}, "
+                         f"got {_shape(lengths)}")
+    if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > ids.size(1)):
+        raise ValueError(f"lengths must be in [1, T={ids.size(1)}], got [{int(lengths.min())}, {int(lengths.max())}]")
+    if prompt_lens is not None:
+        if not isinstance(prompt_lens, torch.Tensor) or tuple(prompt_lens.shape) != (ids.size(0),):
+            raise ValueError(f"prompt_lens must have shape ({ids.size(0)},), got {_shape(prompt_lens)}")
+        if (prompt_lens < 1).any() or (prompt_lens >= lengths).any():
+            raise ValueError("every sequence needs 1 <= prompt_len < length (at least one response token)")
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability to 0 (in place). Policy-gradient ratios and DPO's log-ratios
+    compare log-probabilities of two forward passes; dropout would make them differ by noise."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        elif isinstance(getattr(m, "dropout", None), float):
+            m.dropout = 0.0
+    return model
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: Sequence[str], *, temperature: float = 1.0,
+                     max_new_tokens: int = 20, seed: int = 0, batch_size: int = 512) -> list[str]:
+    """One sampled response per prompt, cut after the first stop token (kept; a response that
+    never stops is the ``max_new_tokens`` it produced). Prompts of one length are generated
+    together with the KV cache; deterministic in ``seed``."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    g = torch.Generator().manual_seed(seed)
+    texts = continuations(model, tokenizer, prompts, max_new_tokens, temperature=temperature,
+                                   generator=g, batch_size=batch_size)
+    out = []
+    for text in texts:
+        cut = text.find(STOP)
+        out.append(text if cut < 0 else text[: cut + len(STOP)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding, response masks, log-probabilities
+# ---------------------------------------------------------------------------------------------
+
+def encode_sequences(tokenizer, prompts: Sequence[str], responses: Sequence[str], block_size: int,
+                     pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded ``ids`` (B, T) of prompt + response with ``prompt_lens`` and ``lengths`` (B,).
+    T is the longest sequence (or ``width``); longer than ``block_size`` is an error."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need as many responses as prompts (at least one), got {len(prompts)} and {len(responses)}")
+    p_ids = [tokenizer.encode(p) for p in prompts]
+    r_ids = [tokenizer.encode(r) for r in responses]
+    if any(len(r) == 0 for r in r_ids):
+        raise ValueError("every response needs at least one token")
+    lens = [len(p) + len(r) for p, r in zip(p_ids, r_ids, strict=True)]
+    T = max(lens) if width is None else width
+    if max(lens) > min(T, block_size):
+        raise ValueError(f"a sequence has {max(lens)} tokens, more than the context block_size={block_size}"
+                         + (f" or width={width}" if width is not None else ""))
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    for b, (p, r) in enumerate(zip(p_ids, r_ids, strict=True)):
+        ids[b, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+    return {"ids": ids, "prompt_lens": torch.tensor([len(p) for p in p_ids]), "lengths": torch.tensor(lens)}
+
+def response_mask(prompt_lens: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """Bool (B, T - 1): column t is a response token, i.e. prompt_len <= t + 1 < length."""
+    if tuple(prompt_lens.shape) != tuple(lengths.shape) or prompt_lens.dim() != 1:
+        raise ValueError(f"prompt_lens and lengths must both be (B,), got {_shape(prompt_lens)} and {_shape(lengths)}")
+    nxt = torch.arange(1, T, device=lengths.device)[None, :]
+    return (nxt >= prompt_lens[:, None]) & (nxt < lengths[:, None])
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log pi(x_{t+1} | x_<=t) for every position: (B, T - 1) from logits (B, T, V) on ids (B, T)."""
+    if logits.dim() != 3 or ids.dim() != 2 or logits.shape[:2] != ids.shape:
+        raise ValueError(f"expected logits (B, T, V) on ids (B, T), got {_shape(logits)} and {_shape(ids)}")
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+def policy_logprobs(model, seqs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token log-probabilities (B, T - 1), response mask (B, T - 1)) of ``seqs`` under ``model``."""
+    ids, lengths, prompt_lens = seqs["ids"], seqs["lengths"], seqs["prompt_lens"]
+    _check_seqs(ids, lengths, prompt_lens)
+    T = int(lengths.max())
+    ids = ids[:, :T]
+    return token_logprobs(model(ids), ids), response_mask(prompt_lens, lengths, T)
+
+def sequence_logprob(model, seqs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log pi(y | x) = sum over response tokens of log pi(y_t | x, y_<t): (B,)."""
+    logp, mask = policy_logprobs(model, seqs)
+    return (logp * mask).sum(-1)

@@ -1,0 +1,57 @@
+"""InstructGPT's step 1: supervised fine-tuning (SFT) of a pretrained LM on demonstrations.
+
+The lecture's "LM != assistant": a pretrained language model continues text; asked a question,
+it writes more text *like* the question. Step 1 of InstructGPT (Ouyang et al., 2022) fine-tunes it
+on demonstrations, prompt -> desired response, with the next-token cross-entropy on the response
+tokens only (:func:`course_lib.models.lm.masked_lm_loss`). The demonstrations are
+:mod:`course_lib.tasks.instructions`; this module holds the training loss and the evaluation
+(greedy answers, exact match).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..models.lm import continuations, masked_lm_loss
+from ..tasks.instructions import STOP, Example
+
+
+def sft_step_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_lm_loss
+                  ) -> Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """``loss_fn`` for :func:`course_lib.train.fit` on ``(x, y)`` batches: the model's logits, then
+    ``loss(logits, y)`` (default :func:`course_lib.models.lm.masked_lm_loss`; notebook 07 passes the
+    student's ``sft_loss``)."""
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return loss(model(x), y)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Answering and scoring
+# ---------------------------------------------------------------------------------------------
+
+def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
+            batch_size: int = 256) -> list[str]:
+    """Greedy responses to ``prompts``, cut at the first newline (the stop token)."""
+    was_training = model.training
+    model.eval()
+    texts = continuations(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    model.train(was_training)
+    return [t.split(STOP, 1)[0] for t in texts]
+
+def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, float]:
+    """Fraction of examples answered exactly, overall (``"all"``) and per task."""
+    if not examples:
+        raise ValueError("need at least one example")
+    answers = respond(model, tokenizer, [e.prompt for e in examples])
+    hits: dict[str, list[bool]] = {}
+    for e, a in zip(examples, answers, strict=True):
+        hits.setdefault(e.task, []).append(a == e.answer)
+    scores = {t: sum(h) / len(h) for t, h in hits.items()}
+    scores["all"] = sum(sum(h) for h in hits.values()) / len(examples)
+    return scores
