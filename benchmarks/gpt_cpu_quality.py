@@ -19,6 +19,7 @@ import time
 import torch
 
 from course_lib import device as _device
+from course_lib.measure import count_parameters
 from course_lib.models.gpt import GPT, GPTConfig
 from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss
 from course_lib.train import OptimConfig, fit
@@ -44,7 +45,7 @@ def run(iters: int = 2000, eval_iters: int = 200, seed: int = 1337, threads: int
     train_s = time.perf_counter() - t0
     model.eval()
     losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["block_size"], iters=eval_iters)
-    return {"benchmark": "gpt_cpu_quality", "config": cfg, "params": model.num_params(),
+    return {"benchmark": "gpt_cpu_quality", "config": cfg, "params": count_parameters(model),
             "train_seconds": round(train_s, 1), "tokens_per_s": round(hist.tokens_per_s or 0.0),
             "val_loss": round(losses["val_loss"], 4), "train_loss": round(losses["train_loss"], 4),
             "eval_iters": eval_iters, "threads": torch.get_num_threads(),

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from course_lib import device as _device
+from course_lib.measure import count_parameters
 from course_lib.models.gpt import GPT, GPTConfig, flops_per_token
 from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss, random_windows
 from course_lib.train import OptimConfig, fit, peak_flops_for
@@ -56,7 +57,7 @@ def quality(dev: torch.device, budget_s: float, compile: bool, tiny: bool, eval_
     model.eval()
     with _device.autocast_policy(dev).context():
         losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["block_size"], iters=eval_iters)
-    return {"part": "quality", "config": cfg, "params": model.num_params(), "steps_done": hist.steps_done,
+    return {"part": "quality", "config": cfg, "params": count_parameters(model), "steps_done": hist.steps_done,
             "train_seconds_incl_compile": round(wall, 1), "tokens_per_s": round(hist.tokens_per_s or 0.0),
             "mfu": None if hist.mfu is None else round(hist.mfu, 4),
             "val_loss": round(losses["val_loss"], 4), "train_loss": round(losses["train_loss"], 4),
@@ -91,7 +92,7 @@ def mfu(dev: torch.device, compile: bool, tiny: bool) -> dict:
                timing_skip=cfg["skip"])
     peak = peak_flops_for(dev)
     mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-    return {"part": "mfu", "config": cfg, "params": model.num_params(), "flops_per_token": fpt,
+    return {"part": "mfu", "config": cfg, "params": count_parameters(model), "flops_per_token": fpt,
             "tokens_per_s": round(hist.tokens_per_s or 0.0), "peak_bf16_flops": peak,
             "mfu": None if hist.mfu is None else round(hist.mfu, 4), "final_loss": round(hist.loss[-1], 4),
             "max_memory_gib": None if mem is None else round(mem, 2), "compile": compile,

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             train_model = model
 
-        def eval_fn(_):  # the unwrapped model: no collectives, every rank computes the same numbers
+        def eval_fn(_, step):  # the unwrapped model: no collectives, every rank computes the same numbers
             return estimate_loss(model, corpus, 12, args.block_size, iters=args.eval_iters)
 
         checkpoint = None

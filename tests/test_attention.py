@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import checks
+from course_lib import checks, measure
 from course_lib.models import attention as att
 from course_lib.models import transformer
 
@@ -139,12 +139,12 @@ def test_models_shapes_and_weights():
 
 
 def test_saved_activation_bytes_naive_is_quadratic_fused_is_not():
-    def measure(n, fn):
+    def saved(n, fn):
         q, k, v = (torch.randn(1, 2, n, 16, requires_grad=True) for _ in range(3))
         return measure.saved_activation_bytes(fn, q, k, v)
 
-    naive = [measure(n, att.scaled_dot_product_attention) for n in (64, 128)]
-    fused = [measure(n, F.scaled_dot_product_attention) for n in (64, 128)]
+    naive = [saved(n, att.scaled_dot_product_attention) for n in (64, 128)]
+    fused = [saved(n, F.scaled_dot_product_attention) for n in (64, 128)]
     assert naive[1] >= 3.5 * naive[0]            # ~4x when n doubles: the n x n matrix
     assert fused[1] <= 2.5 * fused[0]            # ~2x: only O(n) statistics and the output
     assert naive[0] >= 2 * 64 * 64 * 4           # at least the (h, n, n) float32 matrix A

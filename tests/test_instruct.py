@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import checks, tokenizers
+from course_lib.measure import count_parameters
 from course_lib.models import lm
 from course_lib.models.gpt import GPT, GPTConfig
-from course_lib.models.lora import LoRALinear, add_lora, merge_lora, trainable_parameters
+from course_lib.models.lora import LoRALinear, add_lora, merge_lora
 from course_lib.tasks import instructions
 from course_lib.tokenizers import CharTokenizer
 from course_lib.tuning import sft
@@ -158,7 +159,7 @@ def test_add_lora_to_gpt_trains_only_adapters_and_merge_keeps_the_function():
     before = model(idx)
     wrapped = add_lora(model, r=4, alpha=8.0, targets=("qkv", "proj"))
     assert len(wrapped) == 6  # qkv, attn proj, mlp proj in each of 2 blocks
-    assert trainable_parameters(model) == sum(4 * (m.in_features + m.out_features)
+    assert count_parameters(model, trainable_only=True) == sum(4 * (m.in_features + m.out_features)
                                               for m in model.modules() if isinstance(m, LoRALinear))
     assert torch.allclose(model(idx), before, atol=1e-6)
     for m in model.modules():

@@ -2,17 +2,26 @@
 top-k / top-p filtering, the parameter-count formula and one KV-cache decoding step."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
+from ..measure import count_parameters
 from ..models import gpt, lm
-from ..models.gpt import CONFIGS, GPTConfig, count_params_meta
+from ..models.gpt import CONFIGS, GPT, GPTConfig
 from ..tokenizers import merge as reference_merge
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
 __all__ = ["next_token_loss", "bpe_merge", "top_k_filter", "top_p_filter", "param_count",
            "kv_attention_step"]
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_count(config: GPTConfig) -> int:
+    """Parameters of our GPT built on the meta device (no memory, no init): GPT-3 fits a laptop."""
+    with torch.device("meta"):
+        return count_parameters(GPT(config))
 
 
 @checker("next_token_loss", hint="the logits at position t predict the token at t + 1: compare "
@@ -92,14 +101,14 @@ def param_count(student) -> str:
              CONFIGS["gpt2"], CONFIGS["gpt3"]]
     for cfg in cases:
         got = student(cfg)
-        want = count_params_meta(cfg)
+        want = _meta_count(cfg)
         expect(isinstance(got, (int, float)) and not isinstance(got, bool),
                f"param_count should return a number, got {type(got).__name__}")
         if got != want:
             raise CheckFailed(f"for {cfg} you count {got:,} parameters, the model has {want:,} "
                               f"(off by {got - want:+,}; d = {cfg.n_embd}, V d = {cfg.vocab_size * cfg.n_embd:,}, "
                               f"n_ctx d = {cfg.block_size * cfg.n_embd:,})")
-    return f"GPT-2 small: {count_params_meta(CONFIGS['gpt2']):,}"
+    return f"GPT-2 small: {_meta_count(CONFIGS['gpt2']):,}"
 
 
 @checker("kv_attention_step", hint="concatenate the cache and the new key/value along the sequence "

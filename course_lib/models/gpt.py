@@ -14,7 +14,6 @@ KV cache's attention step. Generation is :mod:`course_lib.models.lm`; OpenAI's G
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -157,11 +156,6 @@ class GPT(nn.Module):
             x = blk(x, kv_cache=None if kv_caches is None else kv_caches[i])
         return self.ln_f(x)
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, tied ones counted once; ``non_embedding`` leaves out the position table."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
-
     def load_state_dict_checked(self, state: dict, where: str = "checkpoint") -> None:
         """``load_state_dict`` with an error naming the first mismatching key and both shapes."""
         own = self.state_dict()
@@ -188,15 +182,6 @@ def param_count(config: GPTConfig) -> int:
     per_block = 12 * d * d + 13 * d if config.bias else 12 * d * d + 4 * d
     total = V * d + T * d + L * per_block + (2 * d if config.bias else d)
     return total if config.tie_weights else total + V * d
-
-
-@functools.lru_cache(maxsize=64)
-def count_params_meta(config: GPTConfig) -> int:
-    """Build the model on the meta device (no memory, no init) and count its parameters: works
-    for GPT-3's 175B on a laptop."""
-    with torch.device("meta"):
-        model = GPT(config)
-    return model.num_params()
 
 
 def flops_per_token(config: GPTConfig, training: bool = True) -> float:

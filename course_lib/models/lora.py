@@ -99,7 +99,3 @@ def merge_lora(model: nn.Module) -> int:
                 setattr(module, child_name, child.merged())
                 n += 1
     return n
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rnn import count_parameters
+from ..measure import count_parameters
 from .transformer import TransformerEncoder, block_param_count
 
 __all__ = [
     "check_images", "patchify", "unpatchify", "embed_patches", "vit_forward", "PatchEmbedding", "ViT",
     "SmallCNN", "vit_param_count", "VIT_B_16", "cls_attention", "attention_rollout", "position_similarity",
-    "count_params",
 ]
 
 # The ViT-B/16 configuration of the paper (and of torchvision.models.vit_b_16).
@@ -221,14 +220,13 @@ class SmallCNN(nn.Module):
         for w in range(4, 257):
             with torch.device("meta"):
                 m = cls(in_channels, n_classes, w, convs_per_stage)
-            gap = abs(count_params(m) - n_params)
+            gap = abs(count_parameters(m) - n_params)
             if gap < best_gap:
                 best, best_gap = w, gap
         return cls(in_channels, n_classes, best, convs_per_stage)
 
 
 # Notebook 01's parameter counter, under the name notebook 05 uses (works on the meta device).
-count_params = count_parameters
 
 
 def vit_param_count(image_size: int, patch_size: int, in_channels: int, n_classes: int, d_model: int,

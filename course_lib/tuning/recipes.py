@@ -34,7 +34,7 @@ SEED = 1337
 # char_gpt: notebook 06
 # ---------------------------------------------------------------------------------------------
 
-_GPT_OPTIM = dict(min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0)
+_GPT_OPTIM = dict(min_lr_ratio=0.1, betas=[0.9, 0.99], weight_decay=0.1, grad_clip=1.0)
 CHAR_GPT_CONFIGS = {
     "smoke": dict(model=dict(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.0, bias=False),
                   batch_size=8, steps=60, compile=False, optim=dict(lr=3e-3, warmup=10, **_GPT_OPTIM)),
@@ -91,7 +91,7 @@ CHAR_GPT = artifacts.register(artifacts.Recipe(name="char_gpt", version="2", con
 # char_sft: notebook 07
 # ---------------------------------------------------------------------------------------------
 
-_SFT_OPTIM = dict(min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.0, grad_clip=1.0)
+_SFT_OPTIM = dict(min_lr_ratio=0.1, betas=[0.9, 0.99], weight_decay=0.0, grad_clip=1.0)
 CHAR_SFT_CONFIGS = {
     "smoke": dict(batch_size=16, steps=40, optim=dict(lr=2e-3, warmup=5, **_SFT_OPTIM)),
     "cpu": dict(batch_size=32, steps=1000, optim=dict(lr=2e-3, warmup=30, **_SFT_OPTIM)),
