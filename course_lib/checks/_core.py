@@ -103,6 +103,7 @@ def checker(name: str | None = None, hint: str = "") -> Callable:
             _print(f"[ok] {check_name}: {msg}")
             return Verdict(check_name, True, msg, "passed")
 
+        run.exercise = check_name  # marks it as a checker: checks/__init__.py exports every one
         return run
 
     return wrap

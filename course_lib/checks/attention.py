@@ -10,8 +10,6 @@ import torch
 from ..models import attention as ref
 from ._core import checker, expect, expect_close, expect_tensor
 
-__all__ = ["weighted_average", "attention_weights", "causal_self_attention", "sinusoidal_positions"]
-
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

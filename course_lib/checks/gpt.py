@@ -13,9 +13,6 @@ from ..models.gpt import CONFIGS, GPT, GPTConfig
 from ..tokenizers import merge as reference_merge
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
-__all__ = ["next_token_loss", "bpe_merge", "top_k_filter", "top_p_filter", "param_count",
-           "kv_attention_step"]
-
 
 @functools.lru_cache(maxsize=64)
 def _meta_count(config: GPTConfig) -> int:

@@ -10,8 +10,6 @@ from ..tasks import instructions
 from ..tokenizers import IGNORE
 from ._core import checker, expect, expect_close, expect_tensor
 
-__all__ = ["format_prompt", "mask_prompt_labels", "sft_loss", "pad_batch", "lora_forward"]
-
 
 @checker("format_prompt", hint='the template is "Q: " + instruction + "\\nA: " (note the space after '
          'each colon); the response then follows directly.')

@@ -10,8 +10,6 @@ from ..models import captioner, llava
 from ..tokenizers import IGNORE
 from ._core import checker, expect, expect_close, expect_tensor
 
-__all__ = ["cross_attention", "word_attention", "prefix_sequence"]
-
 
 @checker("cross_attention", hint="queries come from the text (x W_Q), keys and values from the patches "
          "(feats W_K, feats W_V); scale the scores by 1/sqrt(d_k) and take the softmax over the patches "

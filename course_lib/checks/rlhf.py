@@ -7,8 +7,6 @@ import torch
 from ..tuning import dpo, ppo, reward
 from ._core import checker, expect, expect_close, expect_tensor
 
-__all__ = ["bradley_terry_loss", "kl_penalty_rewards", "ppo_clip_loss", "dpo_loss"]
-
 
 def _same(a, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return (isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(b.shape)

@@ -8,8 +8,6 @@ from torch import nn
 
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
-__all__ = ["rnn_cell", "sequence_loss", "sample_with_temperature"]
-
 
 @checker("rnn_cell", hint="h_t = tanh(x_t W_xh + h_prev W_hh + b_h), with W_xh (d, H) on the right of x_t.")
 def rnn_cell(student_cell) -> str:

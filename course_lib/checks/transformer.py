@@ -7,8 +7,6 @@ import torch
 from ..models import transformer as ref
 from ._core import checker, expect, expect_close, expect_tensor
 
-__all__ = ["split_heads", "merge_heads", "block_forward", "block_param_count"]
-
 
 @checker("split_heads", hint="view (B, n, d) as (B, n, h, d/h), then move the head axis forward: (B, h, n, d/h).")
 def split_heads(student) -> str:

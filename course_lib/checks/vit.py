@@ -7,8 +7,6 @@ from ..models import vit
 from ..models.vit import ViT
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
-__all__ = ["patchify", "patch_embedding", "vit_forward"]
-
 
 def _images(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

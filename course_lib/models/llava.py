@@ -6,7 +6,7 @@ the answer's tokens are learned (label -100 elsewhere).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +88,12 @@ class VisualLM(nn.Module):
             raise ValueError(f"expected text ids (B={img.size(0)}, T), received {tuple(x.shape)}")
         return self.lm_logits(torch.cat([img, self.lm.wte(x)], dim=1))
 
-    def loss(self, batch) -> torch.Tensor:
+    def loss(self, batch, prefix: Callable = prefix_sequence) -> torch.Tensor:
+        """The answer tokens' cross-entropy of an ``(images, x, y)`` batch: visual tokens and text
+        embeddings joined by ``prefix`` (:func:`prefix_sequence`, or a function with its signature),
+        then :func:`course_lib.models.lm.masked_lm_loss`."""
         images, x, y = batch
-        img = self.image_tokens(images)
-        embeds, labels = prefix_sequence(img, self.lm.wte(x), y)
+        embeds, labels = prefix(self.image_tokens(images), self.lm.wte(x), y)
         return masked_lm_loss(self.lm_logits(embeds), labels)
 
     @torch.no_grad()
@@ -116,3 +118,9 @@ class VisualLM(nn.Module):
                 out[i] = tokenizer.decode(row).split("\n", 1)[0]
         self.train(was)
         return out
+
+
+def vlm_step_loss(prefix: Callable = prefix_sequence) -> Callable[[VisualLM, tuple], torch.Tensor]:
+    """``loss_fn`` for :func:`course_lib.train.fit`: :meth:`VisualLM.loss` with ``prefix``
+    (notebook 09 passes the student's ``prefix_sequence``)."""
+    return lambda model, batch: model.loss(batch, prefix)
