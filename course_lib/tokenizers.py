@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -17,58 +18,154 @@ GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 
 
-class CharTokenizer:
-    """Maps each character of a fixed alphabet to an integer id and back.
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"  # the special tokens of character tokenizers
 
-    Unknown characters are an error naming them (nothing is silently dropped).
+
+def _preview(s: str, n: int = 80) -> str:
+    """``repr(s)``, cut to about ``n`` characters (error messages must stay readable)."""
+    return repr(s) if len(s) <= n else repr(s[:n]) + f"... ({len(s)} characters)"
+
+
+class CharTokenizer:
+    """Maps each character of a fixed alphabet to an integer id and back, with optional special
+    tokens (``<pad>``, ``<bos>``, ``<eos>``, ...) whose ids come first.
+
+    ``CharTokenizer(chars)`` sorts and deduplicates ``chars`` (so ``CharTokenizer.from_text(text)``
+    is the sorted set of the text, as nanoGPT does); ``sort=False`` keeps the given order, and the
+    characters must then be distinct. ``specials`` take ids ``0 .. len(specials) - 1``; when
+    ``<pad>`` is one of them it must be the first (``pad_id == 0``, the value padding fills with).
+
+    ``encode(text, bos=, eos=)`` adds ``<bos>``/``<eos>``; ``decode`` skips the special tokens and
+    stops at the first ``<eos>``. Unknown characters and out-of-range ids are a ValueError naming
+    them (nothing is silently dropped). A tokenizer with special tokens encodes sequences that are
+    padded into batches, so it also rejects the empty string.
+
+    >>> tok = CharTokenizer("0123456789-", specials=(PAD, BOS, EOS), sort=False)
+    >>> tok.encode("12", bos=True, eos=True), tok.decode([1, 4, 5, 2, 0, 0])
+    ([1, 4, 5, 2], '12')
     """
 
-    def __init__(self, chars: Iterable[str]):
-        alphabet = sorted(set(chars))
+    def __init__(self, chars: Iterable[str], specials: Sequence[str] = (), *, sort: bool = True):
+        if isinstance(specials, str):
+            raise ValueError(f"specials must be a sequence of token strings such as ({PAD!r}, {BOS!r}), "
+                             f"got the string {specials!r}")
+        chars = list(chars)
+        distinct = set(chars)
+        for c in distinct:
+            if not isinstance(c, str) or len(c) != 1:
+                raise ValueError(f"CharTokenizer alphabet must hold single characters, got {c!r}")
+        if sort:
+            alphabet = sorted(distinct)
+        else:
+            repeated = sorted(c for c, n in Counter(chars).items() if n > 1)
+            if repeated:
+                raise ValueError(f"with sort=False the characters must be distinct (each one's position is its id), "
+                                 f"got {repeated!r} more than once")
+            alphabet = chars
         if not alphabet:
             raise ValueError("CharTokenizer needs at least one character, got an empty alphabet")
-        for c in alphabet:
-            if len(c) != 1:
-                raise ValueError(f"CharTokenizer alphabet must hold single characters, got {c!r}")
+        specials = list(specials)
+        for t in specials:
+            if not isinstance(t, str) or not t:
+                raise ValueError(f"special tokens must be non-empty strings, got {t!r} in {specials}")
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"special tokens must be distinct, got {specials}")
+        clash = [t for t in specials if t in alphabet]
+        if clash:
+            raise ValueError(f"special tokens {clash} are also characters of the alphabet; a token must have one id")
+        if PAD in specials and specials[0] != PAD:
+            raise ValueError(f"{PAD!r} must be the first special token (id 0, what padding fills with), "
+                             f"got specials {specials}")
+        self.specials = specials
         self.chars = alphabet
-        self.stoi = {c: i for i, c in enumerate(alphabet)}
+        self.itos = specials + alphabet
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        self._char_ids = {c: i for i, c in enumerate(alphabet, start=len(specials))}
+        self.pad_id = self.stoi.get(PAD)
+        self.bos_id = self.stoi.get(BOS)
+        self.eos_id = self.stoi.get(EOS)
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(text)
+    def from_text(cls, text: str, specials: Sequence[str] = ()) -> CharTokenizer:
+        """The sorted set of the characters of ``text`` (after ``specials``, if any)."""
+        return cls(text, specials)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.itos)
 
-    def encode(self, text: str) -> list[int]:
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Character ids of ``text``, after ``<bos>`` and before ``<eos>`` when asked for."""
+        if not isinstance(text, str):
+            raise ValueError(f"expected a string, got {type(text).__name__}")
+        if not text and self.specials:
+            raise ValueError("expected a non-empty string, got '' (this tokenizer has special tokens, "
+                             f"{self.specials}: it encodes sequences to pad into batches, and an empty "
+                             "one has nothing to read)")
         try:
-            return [self.stoi[c] for c in text]
+            ids = [self._char_ids[c] for c in text]
         except KeyError:
-            unknown = sorted({c for c in text if c not in self.stoi})
+            unknown = sorted({c for c in text if c not in self._char_ids})
             raise ValueError(
-                f"unknown characters {unknown!r} (not in this tokenizer's {self.vocab_size}-character alphabet)"
+                f"unknown characters {unknown!r} in {_preview(text)}; expected only characters of this "
+                f"tokenizer's {len(self.chars)}-character alphabet {_preview(''.join(self.chars))}"
             ) from None
+        if bos:
+            if self.bos_id is None:
+                raise ValueError(f"bos=True needs a {BOS!r} token; this tokenizer's special tokens are "
+                                 f"{self.specials or 'none'}")
+            ids.insert(0, self.bos_id)
+        if eos:
+            if self.eos_id is None:
+                raise ValueError(f"eos=True needs an {EOS!r} token; this tokenizer's special tokens are "
+                                 f"{self.specials or 'none'}")
+            ids.append(self.eos_id)
+        return ids
 
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+    def _ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        out = []
+        out = [int(i) for i in ids]
+        for i in out:
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"token id {i} out of range; expected 0 <= id < {len(self.itos)}")
+        return out
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """The characters of ``ids``: special tokens are skipped, and the text ends at the first
+        ``<eos>`` (when this tokenizer has one)."""
+        ids = self._ids(ids)
+        if not self.specials:
+            return "".join([self.itos[i] for i in ids])
+        n_special, out = len(self.specials), []
         for i in ids:
-            if not 0 <= int(i) < self.vocab_size:
-                raise ValueError(f"token id {i} out of range; expected 0 <= id < {self.vocab_size}")
-            out.append(self.chars[int(i)])
+            if i == self.eos_id:
+                break
+            if i >= n_special:
+                out.append(self.itos[i])
         return "".join(out)
 
+    def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        """Every id as a printable token, special ones included (for the axes of heat maps)."""
+        return [self.itos[i] for i in self._ids(ids)]
+
     def to_json(self) -> str:
-        return json.dumps({"chars": "".join(self.chars)})
+        """The alphabet in id order and the special tokens: ``from_json`` gives the same ids."""
+        return json.dumps({"chars": "".join(self.chars), "specials": self.specials})
 
     @classmethod
     def from_json(cls, s: str) -> CharTokenizer:
-        return cls(json.loads(s)["chars"])
+        d = json.loads(s)
+        if not isinstance(d, dict) or "chars" not in d:
+            raise ValueError(f"expected a JSON object with 'chars' (and optional 'specials'), got {_preview(s)}")
+        return cls(d["chars"], d.get("specials", ()), sort=False)
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
+        specials = f", specials={self.specials}" if self.specials else ""
+        return f"CharTokenizer(vocab_size={self.vocab_size}{specials}, chars={_preview(''.join(self.chars))})"
 
 
 def gpt2_tokenizer():

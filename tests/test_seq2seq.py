@@ -9,7 +9,7 @@ import torch
 
 from course_lib import checks
 from course_lib.models import seq2seq as s2s
-from course_lib.tasks.dates import FORMATS, DateTask, identify_format, pad_batch, render
+from course_lib.tasks.dates import FORMATS, DateTask, identify_format, pad_sequences, render
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +66,21 @@ def test_formats_agree_with_strptime():
     assert set(FORMATS) >= {"3 march 1998", "03/03/98", "Tuesday, March 3, 1998", "1998 Mar 3"}
 
 
-def test_vocab_and_collate(task):
+def test_tokenizers_and_collate(task):
     b = task.collate([("3 march 1998", "1998-03-03"), ("03/03/98", "1998-03-03")])
     assert b["src"].shape == (2, 12) and b["src_len"].tolist() == [12, 8]
     assert (b["src"][1, 8:] == 0).all()
     assert b["tgt"].shape == (2, 12)
-    assert b["tgt"][0, 0] == task.tgt_vocab.bos_id and b["tgt"][0, -1] == task.tgt_vocab.eos_id
-    assert task.tgt_vocab.decode(b["tgt"][0]) == "1998-03-03"
-    assert task.src_vocab.decode(b["src"][1]) == "03/03/98"
+    assert b["tgt"][0, 0] == task.tgt_tokenizer.bos_id and b["tgt"][0, -1] == task.tgt_tokenizer.eos_id
+    assert task.tgt_tokenizer.decode(b["tgt"][0]) == "1998-03-03"
+    assert task.src_tokenizer.decode(b["src"][1]) == "03/03/98"
 
 
 def test_bad_inputs_to_the_data_raise(task):
     with pytest.raises(ValueError, match="unknown characters"):
-        task.src_vocab.encode("3 März 1998")
+        task.src_tokenizer.encode("3 März 1998")
     with pytest.raises(ValueError, match="empty"):
-        task.src_vocab.encode("")
+        task.src_tokenizer.encode("")
     with pytest.raises(ValueError, match="empty"):
         task.collate([])
     with pytest.raises(ValueError, match="single string"):
@@ -90,9 +90,9 @@ def test_bad_inputs_to_the_data_raise(task):
     with pytest.raises(ValueError, match="format"):
         render(dt.date(2000, 1, 1), "yyyy")
     with pytest.raises(ValueError, match="out of range"):
-        task.tgt_vocab.decode([99])
+        task.tgt_tokenizer.decode([99])
     with pytest.raises(ValueError, match="empty"):
-        pad_batch([[1, 2], []])
+        pad_sequences([[1, 2], []])
 
 
 # --------------------------------------------------------------------------------------- attention

@@ -16,9 +16,10 @@ Conventions that keep the task a function (one right answer per input):
 * numeric dates with ``/`` are US order (month/day/year), with ``.`` European (day.month.year);
 * two-digit years ``yy`` mean 19yy for yy >= 50, else 20yy (the range of the dates).
 
-Vocabularies are per character. The source vocabulary is a fixed alphabet (letters, digits,
-`` ,./-'``) plus ``<pad>``; the target vocabulary is the digits and ``-`` plus ``<pad>``,
-``<bos>`` and ``<eos>``. Characters outside the alphabet are an error, never dropped.
+Tokenizers are per character (:class:`~course_lib.tokenizers.CharTokenizer`, alphabets in their
+given order). The source tokenizer is a fixed alphabet (letters, digits, `` ,./-'``) plus
+``<pad>``; the target tokenizer is the digits and ``-`` plus ``<pad>``, ``<bos>`` and ``<eos>``.
+Characters outside the alphabet are an error, never dropped.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+from ..tokenizers import BOS, EOS, PAD, CharTokenizer
+
 SRC_ALPHABET = string.ascii_letters + string.digits + " ,./-'"
 TGT_ALPHABET = string.digits + "-"
 FIRST_YEAR, LAST_YEAR = 1950, 2049
@@ -41,76 +43,10 @@ MONTHS_ABBR = [calendar.month_abbr[m] for m in range(1, 13)]      # Jan ..
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
-class CharVocab:
-    """Characters <-> ids, with special tokens first (``<pad>`` is always id 0).
-
-    ``encode`` rejects unknown characters and empty strings with a ValueError naming them.
-    """
-
-    def __init__(self, chars: str, specials: Sequence[str] = (PAD,)):
-        if not specials or specials[0] != PAD:
-            raise ValueError(f"the first special token must be {PAD!r}, got {list(specials)}")
-        if len(set(chars)) != len(chars) or not chars:
-            raise ValueError(f"chars must be a non-empty string of distinct characters, got {chars!r}")
-        self.specials = list(specials)
-        self.chars = chars
-        self.itos = self.specials + list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.itos)}
-        self.pad_id = 0
-        self.bos_id = self.stoi.get(BOS)
-        self.eos_id = self.stoi.get(EOS)
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def __repr__(self) -> str:
-        return f"CharVocab({len(self)} ids: {self.specials} + {self.chars!r})"
-
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        if not isinstance(text, str):
-            raise ValueError(f"expected a string, got {type(text).__name__}")
-        if not text:
-            raise ValueError("expected a non-empty string, got '' (an empty sequence has nothing to translate)")
-        unknown = sorted({c for c in text if c not in self.chars})
-        if unknown:
-            raise ValueError(f"unknown characters {unknown} in {text!r}; expected only characters of "
-                             f"{self.chars!r}")
-        ids = [self.stoi[c] for c in text]
-        if bos:
-            if self.bos_id is None:
-                raise ValueError("this vocabulary has no <bos> token")
-            ids = [self.bos_id] + ids
-        if eos:
-            if self.eos_id is None:
-                raise ValueError("this vocabulary has no <eos> token")
-            ids = ids + [self.eos_id]
-        return ids
-
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Characters up to the first ``<eos>``; ``<pad>`` and ``<bos>`` are skipped."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < len(self.itos):
-                raise ValueError(f"token id {i} out of range; expected 0 <= id < {len(self.itos)}")
-            if i == self.eos_id:
-                break
-            if i < len(self.specials):
-                continue
-            out.append(self.itos[i])
-        return "".join(out)
-
-    def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
-        """Every id as a printable token (for the axes of heat maps)."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return [self.itos[int(i)] for i in ids]
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists into (B, T_max) and return it with the lengths (B,)."""
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists with ``pad_id`` into (B, T_max) and return it with the lengths (B,)
+    (what ``pack_padded_sequence`` reads). Not :func:`course_lib.tasks.instructions.pad_batch`,
+    which pads (input, label) pairs for language-model fine-tuning."""
     if len(seqs) == 0:
         raise ValueError("expected at least one sequence, got an empty batch")
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
@@ -194,10 +130,10 @@ def all_dates(first_year: int = FIRST_YEAR, last_year: int = LAST_YEAR) -> list[
 
 @dataclass
 class DateTask:
-    """Dates -> ISO: split, vocabularies, deterministic batches for :func:`course_lib.train.fit`.
+    """Dates -> ISO: split, tokenizers, deterministic batches for :func:`course_lib.train.fit`.
 
     >>> task = DateTask(seed=0)
-    >>> task.src_vocab.decode(task.src_vocab.encode("3 march 1998"))
+    >>> task.src_tokenizer.decode(task.src_tokenizer.encode("3 march 1998"))
     '3 march 1998'
     """
 
@@ -216,8 +152,9 @@ class DateTask:
         n_held = int(round(len(dates) * self.heldout_fraction))
         self.heldout_dates = sorted(dates[:n_held])
         self.train_dates = sorted(dates[n_held:])
-        self.src_vocab = CharVocab(SRC_ALPHABET)
-        self.tgt_vocab = CharVocab(TGT_ALPHABET, specials=(PAD, BOS, EOS))
+        # the alphabets' own order (not sorted): the ids the notebook's results were computed with
+        self.src_tokenizer = CharTokenizer(SRC_ALPHABET, specials=(PAD,), sort=False)
+        self.tgt_tokenizer = CharTokenizer(TGT_ALPHABET, specials=(PAD, BOS, EOS), sort=False)
 
     def dates(self, split: str) -> list[_dt.date]:
         if split not in ("train", "heldout"):
@@ -241,15 +178,16 @@ class DateTask:
         """A batch: ``src`` (B, T_x) padded ids, ``src_len`` (B,), ``tgt`` (B, T_y + 2) = <bos> y <eos>."""
         if len(pairs) == 0:
             raise ValueError("expected at least one (source, target) pair, got none (an empty batch)")
-        src, src_len = pad_batch([self.src_vocab.encode(s) for s, _ in pairs])
-        tgt, _ = pad_batch([self.tgt_vocab.encode(t, bos=True, eos=True) for _, t in pairs])
+        src, src_len = pad_sequences([self.src_tokenizer.encode(s) for s, _ in pairs], self.src_tokenizer.pad_id)
+        tgt, _ = pad_sequences([self.tgt_tokenizer.encode(t, bos=True, eos=True) for _, t in pairs],
+                               self.tgt_tokenizer.pad_id)
         return {"src": src, "src_len": src_len, "tgt": tgt}
 
     def encode_sources(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded source ids (B, T_x) and lengths (B,) for a list of strings."""
         if isinstance(texts, str):
             raise ValueError("expected a list of strings, got a single string; wrap it in a list")
-        return pad_batch([self.src_vocab.encode(s) for s in texts])
+        return pad_sequences([self.src_tokenizer.encode(s) for s in texts], self.src_tokenizer.pad_id)
 
     def batches(self, batch_size: int, seed: int = 0) -> Callable[[int], dict[str, torch.Tensor]]:
         """Deterministic training batches: batch ``i`` depends only on (task seed, seed, i)."""
