@@ -38,6 +38,7 @@ def cross_attention(x: torch.Tensor, feats: torch.Tensor, w_q: torch.Tensor, w_k
     A = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)), dim=-1)
     return A @ v, A
 
+
 def word_attention(A: torch.Tensor, caption: str, grid: tuple[int, int]) -> torch.Tensor:
     """Per-word attention maps. ``A`` (len(caption), N): row t is the cross-attention used to write
     ``caption[t]``. Returns (n_words, gh, gw): for each word of ``caption.split(" ")``, the mean of
@@ -50,6 +51,7 @@ def word_attention(A: torch.Tensor, caption: str, grid: tuple[int, int]) -> torc
         maps.append(A[start:start + len(w)].mean(0).reshape(gh, gw))
         start += len(w) + 1
     return torch.stack(maps)
+
 
 class PatchEncoder(nn.Module):
     """A ViT without class token or head: (B, C, H, W) -> patch features (B, N, d)."""
@@ -70,6 +72,7 @@ class PatchEncoder(nn.Module):
         check_images(images, self.patch_size, self.in_channels, self.image_size)
         return self.encoder(self.patch_embed(images) + self.pos_embed)
 
+
 class DecoderBlock(nn.Module):
     """Causal self-attention, cross-attention to the patches, MLP; each pre-norm with a residual."""
 
@@ -87,6 +90,7 @@ class DecoderBlock(nn.Module):
         h = h + a
         h = h + self.mlp(self.ln3(h))
         return (h, w) if return_weights else h
+
 
 class Captioner(nn.Module):
     """Image -> caption characters: :class:`PatchEncoder` + a decoder of :class:`DecoderBlock`.
@@ -131,9 +135,11 @@ class Captioner(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, return_weights: bool = False):
         return self.decode(self.encoder(images), tokens, return_weights)
 
+
 def caption_loss(model: Captioner, batch) -> torch.Tensor:
     images, x, y = batch
     return masked_lm_loss(model(images, x), y)
+
 
 @torch.no_grad()
 def greedy_captions(model: Captioner, images: torch.Tensor, tokenizer, max_len: int | None = None,
@@ -163,6 +169,7 @@ def greedy_captions(model: Captioner, images: torch.Tensor, tokenizer, max_len: 
             if return_weights:
                 weights.append(maps[r, :len(text)])
     return (caps, weights) if return_weights else caps
+
 
 def caption_scores(predicted: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
     """Exact match of whole captions and word accuracy (words compared position by position,

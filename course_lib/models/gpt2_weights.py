@@ -16,6 +16,7 @@ from .gpt import GPT, GPTConfig
 
 _HF_SKIP = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 
+
 def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a Hugging Face GPT-2 state dict to ours. HF stores its linear layers as ``Conv1D``
     with weights (in, out), so those are transposed; the LM head is tied and not stored."""
@@ -44,6 +45,7 @@ def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         out["lm_head.weight"] = out["wte.weight"]
     return out
 
+
 def config_from_hf(hf_config: dict) -> GPTConfig:
     """Our config from a Hugging Face ``config.json`` of a GPT-2 model."""
     if hf_config.get("model_type", "gpt2") != "gpt2":
@@ -56,6 +58,7 @@ def config_from_hf(hf_config: dict) -> GPTConfig:
         raise ValueError(f"our GPT has an MLP of 4 * n_embd = {4 * hf_config['n_embd']}, checkpoint has {inner}")
     return GPTConfig(vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
                      n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
+
 
 def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None = None,
                        weights: str | Path | None = None) -> GPT:
@@ -75,6 +78,7 @@ def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None 
     state = hf_gpt2_to_ours(load_file(str(weights)))
     model.load_state_dict_checked(state, where=f"GPT-2 checkpoint {weights}")
     return model.eval()
+
 
 def from_pretrained_gpt2(repo_id: str = "openai-community/gpt2") -> GPT:
     """OpenAI's GPT-2 (124M by default) from the Hugging Face hub, cached by the data layer.

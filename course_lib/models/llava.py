@@ -32,6 +32,7 @@ class Projector(nn.Module):
             raise ValueError(f"expected patch features (B, N, {self.d_vision}), received {tuple(feats.shape)}")
         return self.fc2(F.gelu(self.fc1(feats)))
 
+
 def prefix_sequence(image_tokens: torch.Tensor, text_embeds: torch.Tensor, labels: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LM's input: [image tokens; text embeddings] (B, N + T, d), and labels (B, N + T): -100 at
@@ -46,6 +47,7 @@ def prefix_sequence(image_tokens: torch.Tensor, text_embeds: torch.Tensor, label
         raise ValueError(f"expected labels {tuple(text_embeds.shape[:2])}, received {tuple(labels.shape)}")
     pad = torch.full((B, N), IGNORE, dtype=labels.dtype, device=labels.device)
     return torch.cat([image_tokens, text_embeds], dim=1), torch.cat([pad, labels], dim=1)
+
 
 class VisualLM(nn.Module):
     """Vision encoder (frozen) -> :class:`Projector` -> prefix of a pretrained :class:`GPT`.

@@ -30,6 +30,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
+
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"):
     keep the smallest set of most likely tokens whose probabilities sum to at least p."""
@@ -41,6 +42,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     drop_sorted = before >= p  # the most likely token always stays (before = 0 < p)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -57,6 +59,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     return sample_with_temperature(logits, 1.0, generator).unsqueeze(-1)
+
 
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
@@ -106,6 +109,7 @@ def length_groups(encoded: Sequence[Sequence[int]], batch_size: int):
     for n, idxs in sorted(by_len.items()):
         for s in range(0, len(idxs), batch_size):
             yield n, idxs[s: s + batch_size]
+
 
 @torch.no_grad()
 def continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,

@@ -33,7 +33,9 @@ from ..tokenizers import IGNORE
 
 PROMPT_PREFIX = "Q: "
 
+
 RESPONSE_PREFIX = "\nA: "
+
 
 STOP = "\n"
 
@@ -53,6 +55,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("last", ("last letter of {w}", "how does {w} end?"), lambda w: w[-1]),
 )}
 
+
 @dataclass(frozen=True)
 class Example:
     task: str
@@ -68,11 +71,13 @@ class Example:
     def text(self) -> str:
         return self.prompt + self.response
 
+
 def format_prompt(instruction: str) -> str:
     """The template around an instruction: ``"Q: " + instruction + "\\nA: "``."""
     if "\n" in instruction:
         raise ValueError(f"an instruction must be one line, got {instruction!r}")
     return f"{PROMPT_PREFIX}{instruction}{RESPONSE_PREFIX}"
+
 
 def make_example(task: str, word: str, phrasing: int = 0) -> Example:
     if task not in TASKS:
@@ -84,9 +89,11 @@ def make_example(task: str, word: str, phrasing: int = 0) -> Example:
         raise ValueError(f"word must be letters only, got {word!r}")
     return Example(task, word, format_prompt(t.phrasings[phrasing].format(w=word)), t.answer(word) + STOP)
 
+
 def word_list(text: str, min_len: int = 3, max_len: int = 8) -> list[str]:
     """Sorted distinct lower-case words of ``min_len``..``max_len`` letters in ``text``."""
     return sorted({w for w in re.findall(r"\b[a-z]+\b", text) if min_len <= len(w) <= max_len})
+
 
 def split_words(words: Sequence[str], test_fraction: float = 0.2) -> tuple[list[str], list[str]]:
     """Disjoint (train, test) words; a word's side depends only on the word (a CRC32 hash), so the
@@ -96,6 +103,7 @@ def split_words(words: Sequence[str], test_fraction: float = 0.2) -> tuple[list[
     test = [w for w in words if zlib.crc32(w.encode()) % 1000 < test_fraction * 1000]
     held = set(test)
     return [w for w in words if w not in held], test
+
 
 def sample_examples(words: Sequence[str], n: int, seed: int = 0,
                     tasks: Sequence[str] | None = None) -> list[Example]:
@@ -111,6 +119,7 @@ def sample_examples(words: Sequence[str], n: int, seed: int = 0,
         phrasing = int(torch.randint(len(TASKS[task].phrasings), (), generator=g))
         out.append(make_example(task, word, phrasing))
     return out
+
 
 def test_set(words: Sequence[str], per_task: int = 50, seed: int = 1) -> list[Example]:
     """``per_task`` examples of every task (phrasings alternate), for exact-match evaluation."""
@@ -141,6 +150,7 @@ def mask_prompt_labels(ids: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor
     y[: prompt_len - 1] = IGNORE
     return x, y
 
+
 def encode_example(tokenizer, ex: Example, mask_prompt: bool = True,
                    mask_labels: Callable = mask_prompt_labels) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) of one example; with ``mask_prompt=False`` every next token counts (plain LM loss).
@@ -170,6 +180,7 @@ def pad_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], block_size: in
         x[i, : len(xi)] = xi
         y[i, : len(yi)] = yi
     return x, y
+
 
 def sft_batches(tokenizer, words: Sequence[str], batch_size: int, block_size: int, seed: int = 0,
                 mask_prompt: bool = True, pad: Callable = pad_batch, mask_labels: Callable = mask_prompt_labels

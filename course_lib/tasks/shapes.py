@@ -223,6 +223,7 @@ def caption_batches(data, tokenizer, batch_size: int, seed: int = 0):
 
     return get
 
+
 def vqa_batches(data, items: Sequence[tuple[int, str, str]], tokenizer, batch_size: int, seed: int = 0):
     """``i -> (images, x, y)`` for :func:`course_lib.train.fit`: random (image index, prompt, answer)
     items, the answer followed by the stop newline; the prompt's labels are masked
@@ -243,6 +244,7 @@ def vqa_batches(data, items: Sequence[tuple[int, str, str]], tokenizer, batch_si
         return data.images[[items[j][0] for j in idx]], x, y
 
     return get
+
 
 def vqa_accuracy(model, data, qa: Sequence[tuple[int, str, str, str]], tokenizer) -> dict[str, float]:
     """Exact-match accuracy of the answers, overall (``"all"``) and per question kind."""

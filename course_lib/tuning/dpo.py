@@ -30,6 +30,7 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     margin = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
     return -F.logsigmoid(beta * margin.float()).mean()
 
+
 @torch.no_grad()
 def add_reference_logprobs(ref, tensors: dict[str, torch.Tensor], batch_size: int = 256) -> dict[str, torch.Tensor]:
     """``tensors`` plus ``ref_chosen`` and ``ref_rejected`` (N,): log pi_ref(y|x) of every pair,
@@ -43,6 +44,7 @@ def add_reference_logprobs(ref, tensors: dict[str, torch.Tensor], batch_size: in
         for name in ("chosen", "rejected"):
             out[f"ref_{name}"].append(sequence_logprob(ref, side(b, name)).cpu())
     return dict(tensors, **{k: torch.cat(v) for k, v in out.items()})
+
 
 def dpo_step_loss(beta: float, loss: Callable[..., torch.Tensor] = dpo_loss
                   ) -> Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]:

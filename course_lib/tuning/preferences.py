@@ -24,6 +24,7 @@ def labeler_score(response: str, answer: str) -> tuple[int, float]:
     text = response[: -len(STOP)] if response.endswith(STOP) else response
     return int(exact), difflib.SequenceMatcher(None, text, answer, autojunk=False).ratio()
 
+
 def rank_responses(responses: Sequence[str], answer: str) -> list[tuple[str, tuple[int, float]]]:
     """Distinct responses ranked best first by :func:`labeler_score`, each with its score (the
     labeler's ranking of InstructGPT's step 2; ties keep their sampling order)."""
@@ -32,6 +33,7 @@ def rank_responses(responses: Sequence[str], answer: str) -> list[tuple[str, tup
         if r not in seen:
             seen[r] = labeler_score(r, answer)
     return sorted(seen.items(), key=lambda kv: kv[1], reverse=True)
+
 
 def ranking_to_pairs(ranked: Sequence[tuple[str, tuple[int, float]]]) -> list[tuple[str, str]]:
     """Every (chosen, rejected) pair of a ranking where chosen scores strictly higher: K ranked
@@ -43,6 +45,7 @@ def ranking_to_pairs(ranked: Sequence[tuple[str, tuple[int, float]]]) -> list[tu
                 pairs.append((ranked[i][0], ranked[j][0]))
     return pairs
 
+
 @dataclass(frozen=True)
 class Preference:
     """One comparison: for ``prompt``, the labeler prefers ``chosen`` to ``rejected`` (both
@@ -53,6 +56,7 @@ class Preference:
     answer: str
     chosen: str
     rejected: str
+
 
 def make_preferences(policy, tokenizer, examples: Sequence[Example], *, k: int = 4,
                      temperature: float = 1.0, max_new_tokens: int = 20, seed: int = 0) -> list[Preference]:
@@ -70,6 +74,7 @@ def make_preferences(policy, tokenizer, examples: Sequence[Example], *, k: int =
             out.append(Preference(e.task, e.prompt, e.answer, chosen, rejected))
     return out
 
+
 def preference_tensors(tokenizer, prefs: Sequence[Preference], block_size: int,
                        pad_id: int) -> dict[str, torch.Tensor]:
     """All pairs encoded once: ``chosen_*`` and ``rejected_*`` ids/prompt_lens/lengths of one width."""
@@ -85,14 +90,17 @@ def preference_tensors(tokenizer, prefs: Sequence[Preference], block_size: int,
             out[f"{side}_{k}"] = v[sl]
     return out
 
+
 def side(batch: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """The ``chosen`` or ``rejected`` sequences of a preference batch, trimmed to their longest."""
     lengths = batch[f"{name}_lengths"]
     T = int(lengths.max())
     return {"ids": batch[f"{name}_ids"][:, :T], "prompt_lens": batch[f"{name}_prompt_lens"], "lengths": lengths}
 
+
 def subset(tensors: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[idx] for k, v in tensors.items()}
+
 
 def preference_batches(tensors: dict[str, torch.Tensor], batch_size: int,
                        seed: int = 0) -> Callable[[int], dict[str, torch.Tensor]]:

@@ -55,12 +55,14 @@ class RewardModel(nn.Module):
         self.scale.fill_(max(float(r.std()), 1e-6))
         return self
 
+
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """-mean log sigma(r_theta(x, y_w) - r_theta(x, y_l)) over pairs (B,): the Bradley-Terry model
     says P(y_w preferred to y_l) = sigma(r_w - r_l); this is its negative log-likelihood."""
     _need_tensor(r_chosen, "r_chosen (B,)", 1)
     _need_same_shape("bradley_terry_loss", ("r_chosen", r_chosen), ("r_rejected", r_rejected))
     return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
+
 
 def reward_pair(rm: RewardModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(r_chosen, r_rejected), both (B,), in one forward pass over 2B sequences."""
@@ -69,6 +71,7 @@ def reward_pair(rm: RewardModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     ids = torch.cat([F.pad(c["ids"], (0, T - c["ids"].size(1))), F.pad(r["ids"], (0, T - r["ids"].size(1)))])
     rewards = rm(ids, torch.cat([c["lengths"], r["lengths"]]))
     return rewards[: len(c["lengths"])], rewards[len(c["lengths"]):]
+
 
 def rm_step_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bradley_terry_loss
                  ) -> Callable[[RewardModel, dict[str, torch.Tensor]], torch.Tensor]:

@@ -22,15 +22,18 @@ from ..tasks.instructions import STOP
 def _shape(x) -> str:
     return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
+
 def _need_tensor(x, what: str, dim: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != dim:
         raise ValueError(f"{what} must be a {dim}-D tensor, got {_shape(x)}")
+
 
 def _need_same_shape(what: str, *named: tuple[str, torch.Tensor]) -> None:
     first_name, first = named[0]
     for n, t in named[1:]:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(first.shape):
             raise ValueError(f"{what}: {n} must have the shape of {first_name} {tuple(first.shape)}, got {_shape(t)}")
+
 
 def _check_seqs(ids: torch.Tensor, lengths: torch.Tensor, prompt_lens: torch.Tensor | None = None) -> None:
     _need_tensor(ids, "ids (B, T)", 2)
@@ -45,6 +48,7 @@ def _check_seqs(ids: torch.Tensor, lengths: torch.Tensor, prompt_lens: torch.Ten
         if (prompt_lens < 1).any() or (prompt_lens >= lengths).any():
             raise ValueError("every sequence needs 1 <= prompt_len < length (at least one response token)")
 
+
 def disable_dropout(model: nn.Module) -> nn.Module:
     """Set every dropout probability to 0 (in place). Policy-gradient ratios and DPO's log-ratios
     compare log-probabilities of two forward passes; dropout would make them differ by noise."""
@@ -54,6 +58,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
         elif isinstance(getattr(m, "dropout", None), float):
             m.dropout = 0.0
     return model
+
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompts: Sequence[str], *, temperature: float = 1.0,
@@ -97,12 +102,14 @@ def encode_sequences(tokenizer, prompts: Sequence[str], responses: Sequence[str]
         ids[b, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
     return {"ids": ids, "prompt_lens": torch.tensor([len(p) for p in p_ids]), "lengths": torch.tensor(lens)}
 
+
 def response_mask(prompt_lens: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
     """Bool (B, T - 1): column t is a response token, i.e. prompt_len <= t + 1 < length."""
     if tuple(prompt_lens.shape) != tuple(lengths.shape) or prompt_lens.dim() != 1:
         raise ValueError(f"prompt_lens and lengths must both be (B,), got {_shape(prompt_lens)} and {_shape(lengths)}")
     nxt = torch.arange(1, T, device=lengths.device)[None, :]
     return (nxt >= prompt_lens[:, None]) & (nxt < lengths[:, None])
+
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log pi(x_{t+1} | x_<=t) for every position: (B, T - 1) from logits (B, T, V) on ids (B, T)."""
@@ -111,6 +118,7 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
 
+
 def policy_logprobs(model, seqs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token log-probabilities (B, T - 1), response mask (B, T - 1)) of ``seqs`` under ``model``."""
     ids, lengths, prompt_lens = seqs["ids"], seqs["lengths"], seqs["prompt_lens"]
@@ -118,6 +126,7 @@ def policy_logprobs(model, seqs: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     T = int(lengths.max())
     ids = ids[:, :T]
     return token_logprobs(model(ids), ids), response_mask(prompt_lens, lengths, T)
+
 
 def sequence_logprob(model, seqs: dict[str, torch.Tensor]) -> torch.Tensor:
     """log pi(y | x) = sum over response tokens of log pi(y_t | x, y_<t): (B,)."""

@@ -44,6 +44,7 @@ def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     model.train(was_training)
     return [t.split(STOP, 1)[0] for t in texts]
 
+
 def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, float]:
     """Fraction of examples answered exactly, overall (``"all"``) and per task."""
     if not examples:
