@@ -124,7 +124,8 @@ def test_sft_learns_and_answers_are_cut_at_the_stop_token(tok):
     words = ["rose", "night", "moon", "king", "love", "fair", "sweet", "death"]
     from course_lib.train import OptimConfig, fit
 
-    h = fit(model, sft.sft_step_loss(), instructions.sft_batches(tok, words, 32, 64, seed=0), steps=250, optim=OptimConfig(lr=3e-3, warmup=10, weight_decay=0.0), device="cpu", progress=False)
+    h = fit(model, sft.sft_step_loss(), instructions.sft_batches(tok, words, 32, 64, seed=0), steps=250,
+            optim=OptimConfig(lr=3e-3, warmup=10, weight_decay=0.0), device="cpu", progress=False)
     assert h.loss[-1] < 0.5 * h.loss[0]
     seen = instructions.test_set(words, per_task=8)
     scores = sft.exact_match(model, tok, seen)

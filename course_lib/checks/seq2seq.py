@@ -10,8 +10,6 @@ import torch
 from ..models import seq2seq as ref
 from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
 
-__all__ = ["additive_score", "attention_context", "decoder_step"]
-
 
 def _close(a, b, atol: float = 1e-5) -> bool:
     return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(
