@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from . import __version__
 from . import profile as _profile
 from .data import cache_dir
+from .files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,6 @@ def key(recipe: Recipe, config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def get(recipe: Recipe | str, *, profile: str | None = None, retrain: bool = False,
         device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The trained model of ``recipe`` (a :class:`Recipe`, or the name of a registered one) for
@@ -94,6 +82,6 @@ def get(recipe: Recipe | str, *, profile: str | None = None, retrain: bool = Fal
     meta: dict[str, Any] = dict(recipe.train(model, config) or {})
     meta.update(recipe=name, version=recipe.version, profile=prof, config=config, key=k)
     model = model.cpu()
-    _atomic(weights, lambda tmp: save_model(model, tmp))
-    _atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(weights, lambda tmp: save_model(model, tmp))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return model.to(device).eval(), meta

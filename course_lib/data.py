@@ -25,13 +25,13 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import profile as _profile
+from .files import atomic_write
 
 CHUNK = 1 << 20
 
@@ -124,12 +124,10 @@ def _verify(path: Path, asset: Asset) -> str | None:
 
 def _download(url: str, dest: Path, asset: Asset, progress: bool, timeout: float) -> None:
     """Download ``url`` to ``dest`` atomically; raise DataError if it fails or mismatches."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.filename}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+
+    def stream_and_verify(tmp: str) -> None:
         req = urllib.request.Request(url, headers={"User-Agent": "llm-course/1.0"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else asset.size
             bar = None
@@ -145,17 +143,17 @@ def _download(url: str, dest: Path, asset: Asset, progress: bool, timeout: float
             finally:
                 if bar is not None:
                     bar.close()
-        reason = _verify(tmp, asset)
+        reason = _verify(Path(tmp), asset)
         if reason:
             raise DataError(f"download of {asset.filename} from {url} is corrupt ({reason}); it was discarded")
-        os.replace(tmp, dest)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(dest, stream_and_verify, suffix=".part")
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"could not download {asset.filename} from {url}: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def fetch_asset(asset: Asset, *, progress: bool | None = None, offline: bool | None = None,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import profile as _profile
+from .files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,12 +54,8 @@ def record(notebook: str, **metrics: float | int | str) -> Path:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
     }
-    out = results_dir() / f"{notebook}__{prof}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entry, indent=2) + "\n")
-    os.replace(tmp, out)
-    return out
+    text = json.dumps(entry, indent=2) + "\n"
+    return atomic_write(results_dir() / f"{notebook}__{prof}.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def load_all(directory: Path | None = None) -> list[dict]:

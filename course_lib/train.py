@@ -5,31 +5,30 @@ data; ``fit`` supplies the rest: AdamW (fused on CUDA; weight decay only on matr
 warmup + cosine learning rate, gradient accumulation and clipping, autocast per the device
 policy (``course_lib.device.autocast_policy``), optional ``torch.compile``, periodic evaluation,
 a tqdm progress bar (quiet under the smoke profile), a history for plots, tokens/s and, on CUDA
-with ``flops_per_token``, model FLOPs utilisation (MFU), and atomic checkpoints that resume
-exactly: a run stopped at step k and resumed ends with the same parameters as a run that was
-never interrupted (same seed, deterministic data).
+with ``flops_per_token``, model FLOPs utilisation (MFU), and atomic checkpoints
+(:mod:`course_lib.checkpoint`) that resume exactly: a run stopped at step k and resumed ends with
+the same parameters as a run that was never interrupted (same seed, deterministic data).
 
 Data is either a callable ``data(i) -> batch`` (``i`` counts micro-batches from 0, so the
 batch sequence is a pure function of the step and resuming is exact), or an iterable that is
-cycled (on resume its first ``k * accum_steps`` batches are skipped).
+cycled (on resume its first ``k * accum_steps`` batches are skipped). The loop's pieces
+(:func:`batch_source`, :func:`accumulate_gradients`, :func:`optimizer_step`, :func:`progress_bar`,
+:class:`StepLog`, :class:`RunClock`) are reused by other loops, e.g. PPO's.
 """
 from __future__ import annotations
 
 import math
 import os
-import random
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import profile as _profile
+from .checkpoint import resume_training_state, save_training_state
 from .device import autocast_policy, get_device, synchronize
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, for MFU. Pass ``peak_flops`` to override.
@@ -40,13 +39,9 @@ PEAK_BF16_FLOPS = {
 
 
 def peak_flops_for(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return value
-    return None
+    """The bf16 peak of a CUDA ``device`` from :data:`PEAK_BF16_FLOPS`; None elsewhere or unknown."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 def lr_at(step: int, *, lr: float, steps: int, warmup: int = 0, min_lr_ratio: float = 0.1) -> float:
@@ -122,6 +117,10 @@ class OptimConfig:
     def lr_at(self, step: int, steps: int) -> float:
         return lr_at(step, lr=self.lr, steps=steps, warmup=self.warmup, min_lr_ratio=self.min_lr_ratio)
 
+    def make_optimizer(self, model: nn.Module, device: torch.device | None = None) -> torch.optim.AdamW:
+        """:func:`make_optimizer` with this configuration's lr, weight_decay, betas and no_decay."""
+        return make_optimizer(model, self.lr, self.weight_decay, self.betas, device, self.no_decay)
+
 
 @dataclass
 class History:
@@ -151,248 +150,235 @@ class History:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    py = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_rest": [int(pos), int(has_gauss), float(cached)],
-        "python": [py[0], list(py[1]), py[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    def checkpointed(self) -> dict:
+        """The per-step and per-evaluation lists, which a checkpoint carries into a resumed run."""
+        keep = ("step", "loss", "lr", "grad_norm", "eval_step", "eval")
+        return {k: v for k, v in self.to_dict().items() if k in keep}
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, cached = state["numpy_rest"]
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    v, keys, gauss = state["python"]
-    random.setstate((v, tuple(keys), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# --- the pieces of a training loop -----------------------------------------------------------
+
+def batch_source(data: Callable[[int], Any] | Iterable[Any], skip: int = 0) -> Callable[[int], Any]:
+    """``next_batch(i)`` for micro-batch ``i``: a callable ``data(i)`` as it is; an iterable is
+    cycled, its first ``skip`` batches drawn and dropped (replaying the stream to a checkpoint)."""
+    if callable(data):
+        return data
+
+    def cycle(iterator: Iterator[Any]) -> Iterator[Any]:
+        while True:
+            empty = True
+            for batch in iterator:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("the training data iterable is empty")
+            iterator = iter(data)
+
+    batches = cycle(iter(data))
+    for _ in range(skip):
+        next(batches)
+    return lambda i: next(batches)
 
 
-def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def accumulate_gradients(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                         next_batch: Callable[[int], Any], first: int, accum_steps: int, device: torch.device,
+                         policy: Any, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Backpropagate micro-batches ``first .. first + accum_steps - 1`` (under the autocast
+    ``policy``), each loss divided by ``accum_steps``; returns their mean loss, detached."""
+    total = torch.zeros((), device=device)
+    for i in range(first, first + accum_steps):
+        batch = to_device(next_batch(i), device)
+        with policy.context():
+            loss = loss_fn(model, batch)
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+        scaled = loss / accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += scaled.detach()
+    return total
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by ``fit`` without unpickling code (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None,
+                   grad_clip: float | None = None) -> torch.Tensor:
+    """Unscale (with a grad scaler), clip the gradients to norm ``grad_clip`` (None: no clipping),
+    step and zero the gradients. Returns the gradient norm before clipping (0 when not clipping)."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    if grad_clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.zeros((), device=next(model.parameters()).device)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return norm.detach()
 
 
-def _check_state_shapes(model: nn.Module, state: dict, where: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    if missing or extra:
-        raise ValueError(f"{where} does not fit this model: missing keys {missing[:5]}, unexpected keys {extra[:5]}")
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(
-                f"{where}: parameter {k!r} has shape {tuple(state[k].shape)}, this model expects {tuple(v.shape)}"
-            )
+def progress_bar(total: int, *, desc: str, initial: int = 0, enabled: bool | None = None) -> Any:
+    """A tqdm bar; a disabled one (same methods, prints nothing) when ``enabled`` is false
+    (default: quiet under the smoke profile)."""
+    from tqdm.auto import tqdm
+
+    enabled = not _profile.is_smoke() if enabled is None else enabled
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=not enabled)
 
 
-def fit(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-    data: Callable[[int], Any] | Iterable[Any],
-    *,
-    steps: int,
-    optim: OptimConfig | None = None,
-    accum_steps: int = 1,
-    eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
-    eval_every: int | None = None,
-    log_every: int = 10,
-    device: torch.device | str | None = None,
-    amp: bool = True,
-    compile: bool = False,
-    progress: bool | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    stop_at: int | None = None,
-    max_seconds: float | None = None,
-    tokens_per_step: int | None = None,  # tokens in one micro-batch, for tokens/s
-    flops_per_token: float | None = None,
-    peak_flops: float | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    timing_skip: int = 0,
-) -> History:
-    """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
+class StepLog:
+    """Per-step (step, loss, gradient norm, lr), the tensors left on the device until :meth:`flush`
+    appends them to a :class:`History`: one device sync per flush, not one per step."""
 
-    ``loss_fn(model, batch)`` returns the scalar loss of one micro-batch (e.g. next-token
-    cross-entropy); ``optim`` (an :class:`OptimConfig`) holds the optimiser's settings.
-    ``eval_fn(model, step)`` returns metrics, every ``eval_every`` steps and at the end. ``stop_at`` ends the run early at that step, as if interrupted (the schedule
-    still spans ``steps``); ``max_seconds`` ends it after a wall-clock budget. With
-    ``checkpoint_path`` a checkpoint is written every ``checkpoint_every`` steps and at the end,
-    and an existing one is resumed from when ``resume`` is true. ``timing_skip`` leaves the first
-    steps of this call out of tokens/s and MFU (compilation and allocator warm-up), so a benchmark
-    reports the steady state.
-    """
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, loss, grad_norm, lr))
+
+    def flush(self, history: History) -> None:
+        if self.pending:
+            steps, losses, norms, lrs = zip(*self.pending, strict=True)
+            history.loss.extend(torch.stack(losses).float().tolist())
+            history.grad_norm.extend(torch.stack(norms).float().tolist())
+            history.step.extend(steps)
+            history.lr.extend(lrs)
+            self.pending.clear()
+
+
+class RunClock:
+    """A run's wall clock, and its tokens/s clock: that one starts after ``skip`` steps
+    (compilation, allocator warm-up) and leaves evaluation time out."""
+
+    def __init__(self, device: torch.device, skip: int = 0) -> None:
+        self.device, self.skip, self.steps = device, skip, 0
+        synchronize(device)
+        self.t0 = time.perf_counter()
+        self.t_timing, self.eval_at_timing = self.t0, 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def step_done(self, eval_seconds: float) -> None:
+        self.steps += 1
+        if self.steps == self.skip:
+            synchronize(self.device)
+            self.t_timing, self.eval_at_timing = time.perf_counter(), eval_seconds
+
+    def finish(self, history: History, tokens_per_step: int | None = None, flops_per_token: float | None = None,
+               peak_flops: float | None = None) -> None:
+        """Set ``history.seconds``, and ``tokens_per_s`` (``tokens_per_step``: per optimizer step)
+        and, with ``flops_per_token`` and a known peak, ``mfu``."""
+        synchronize(self.device)
+        history.seconds = self.elapsed()
+        if self.steps <= self.skip:  # too short to skip anything: time the whole run
+            self.skip, self.t_timing, self.eval_at_timing = 0, self.t0, 0.0
+        counted = self.steps - self.skip
+        train_seconds = (self.t0 + history.seconds - self.t_timing) - (history.eval_seconds - self.eval_at_timing)
+        if tokens_per_step and counted and train_seconds > 0:
+            history.tokens_per_s = tokens_per_step * counted / train_seconds
+            peak = peak_flops or peak_flops_for(self.device)
+            if flops_per_token and peak:
+                history.mfu = flops_per_token * history.tokens_per_s / peak
+
+
+def evaluate_into(history: History, eval_fn: Callable[[nn.Module, int], dict[str, float]] | None,
+                  model: nn.Module, run_model: nn.Module, policy: Any, step: int) -> None:
+    """Run ``eval_fn(run_model, step)`` in eval mode under no_grad and autocast; record its metrics
+    and its time (``history.eval_seconds``, left out of tokens/s)."""
+    if eval_fn is None:
+        return
+    t_eval = time.perf_counter()
+    model.eval()
+    with torch.no_grad(), policy.context():
+        metrics = {k: float(v) for k, v in eval_fn(run_model, step).items()}
+    model.train()
+    history.eval_seconds += time.perf_counter() - t_eval
+    history.eval_step.append(step)
+    history.eval.append(metrics)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def _checked(steps: int, accum_steps: int, timing_skip: int, optim: OptimConfig | None) -> OptimConfig:
     if steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
     if timing_skip < 0:
         raise ValueError(f"timing_skip must be >= 0 steps, got {timing_skip}")
-    dev = torch.device(device) if device is not None else get_device()
-    model.to(dev)
-    policy = autocast_policy(dev, enabled=amp)
     optim = optim if optim is not None else OptimConfig()
     if not isinstance(optim, OptimConfig):
         raise TypeError(f"optim must be an OptimConfig, got {type(optim).__name__}")
-    opt = optimizer or make_optimizer(model, optim.lr, optim.weight_decay, optim.betas, dev, optim.no_decay)
+    return optim
+
+
+def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], data: Callable[[int], Any] | Iterable[Any],
+        *, steps: int, optim: OptimConfig | None = None, accum_steps: int = 1,
+        eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None, eval_every: int | None = None,
+        log_every: int = 10, device: torch.device | str | None = None, amp: bool = True, compile: bool = False,
+        progress: bool | None = None, checkpoint_path: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None, resume: bool = True, stop_at: int | None = None,
+        max_seconds: float | None = None, tokens_per_step: int | None = None, flops_per_token: float | None = None,
+        peak_flops: float | None = None, optimizer: torch.optim.Optimizer | None = None,
+        timing_skip: int = 0) -> History:
+    """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
+
+    ``loss_fn(model, batch)`` returns the scalar loss of one micro-batch (e.g. next-token
+    cross-entropy); ``optim`` (an :class:`OptimConfig`) holds the optimiser's settings.
+    ``eval_fn(model, step)`` returns metrics, every ``eval_every`` steps and at the end. ``stop_at``
+    ends the run early at that step, as if interrupted (the schedule still spans ``steps``);
+    ``max_seconds`` ends it after a wall-clock budget. With ``checkpoint_path`` a checkpoint is
+    written every ``checkpoint_every`` steps and at the end, and an existing one is resumed from
+    when ``resume`` is true. ``tokens_per_step`` (tokens in one micro-batch) gives tokens/s, with
+    ``flops_per_token`` MFU; ``timing_skip`` leaves the first steps of this call out of both
+    (compilation and allocator warm-up), so a benchmark reports the steady state.
+    """
+    optim = _checked(steps, accum_steps, timing_skip, optim)
+    dev = torch.device(device) if device is not None else get_device()
+    model.to(dev)
+    policy = autocast_policy(dev, enabled=amp)
+    opt = optimizer or optim.make_optimizer(model, dev)
     scaler = torch.amp.GradScaler("cuda") if policy.use_grad_scaler else None
     run_model = torch.compile(model) if compile else model
-    if progress is None:
-        progress = not _profile.is_smoke()
-    if eval_every is None:
-        eval_every = max(1, steps // 10)
-
-    history = History()
-    start = 0
-    if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-        ck = load_checkpoint(checkpoint_path)
-        _check_state_shapes(model, ck["model"], f"checkpoint {checkpoint_path}")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if scaler is not None and "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
-        start = int(ck["step"])
-        for k, v in ck["history"].items():
-            setattr(history, k, v)
+    eval_every = max(1, steps // 10) if eval_every is None else eval_every
+    start, saved = resume_training_state(checkpoint_path if resume else None, model, opt, scaler)
+    history = History(**saved)
+    next_batch = batch_source(data, skip=start * accum_steps)
+    evaluate = lambda step: evaluate_into(history, eval_fn, model, run_model, policy, step)
 
     def save(step: int) -> None:
-        if checkpoint_path is None:
-            return
-        obj = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-               "rng": _rng_state(), "history": {k: v for k, v in history.to_dict().items()
-                                                if k in ("step", "loss", "lr", "grad_norm", "eval_step", "eval")}}
-        if scaler is not None:
-            obj["scaler"] = scaler.state_dict()
-        save_checkpoint(checkpoint_path, obj)
-
-    if callable(data):
-        batch_fn = data
-        def next_batch(i: int) -> Any:
-            return batch_fn(i)
-    else:
-        iterable = data
-        iterator = iter(iterable)
-        def next_batch(i: int) -> Any:
-            nonlocal iterator
-            try:
-                return next(iterator)
-            except StopIteration:
-                iterator = iter(iterable)
-                try:
-                    return next(iterator)
-                except StopIteration:
-                    raise ValueError("the training data iterable is empty") from None
-        for i in range(start * accum_steps):  # replay the stream to where the checkpoint was
-            next_batch(i)
-
-    def evaluate(step: int) -> None:
-        if eval_fn is None:
-            return
-        t_eval = time.perf_counter()
-        model.eval()
-        with torch.no_grad(), policy.context():
-            metrics = {k: float(v) for k, v in eval_fn(run_model, step).items()}
-        model.train()
-        history.eval_seconds += time.perf_counter() - t_eval
-        history.eval_step.append(step)
-        history.eval.append(metrics)
+        if checkpoint_path is not None:
+            save_training_state(checkpoint_path, step, model, opt, scaler, history.checkpointed())
 
     end = steps if stop_at is None else min(steps, stop_at)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True)
-    pending_loss: list[torch.Tensor] = []
-    pending_gn: list[torch.Tensor] = []
-    pending_steps: list[int] = []
-    pending_lr: list[float] = []
-
-    def flush() -> None:
-        if pending_loss:
-            history.loss.extend(torch.stack(pending_loss).float().tolist())
-            history.grad_norm.extend(torch.stack(pending_gn).float().tolist())
-            history.step.extend(pending_steps)
-            history.lr.extend(pending_lr)
-            pending_loss.clear(); pending_gn.clear(); pending_steps.clear(); pending_lr.clear()
-
+    bar = progress_bar(end, initial=start, desc="train", enabled=progress)
+    log = StepLog()
     model.train()
-    synchronize(dev)
-    t0 = time.perf_counter()
-    timed_steps = 0
-    t_timing, eval_at_timing = t0, 0.0  # where the tokens/s clock starts (after timing_skip steps)
+    clock = RunClock(dev, skip=timing_skip)
     step = start
     try:
         for step in range(start, end):
             cur_lr = optim.lr_at(step, steps)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-            total = torch.zeros((), device=dev)
-            for micro in range(accum_steps):
-                batch = to_device(next_batch(step * accum_steps + micro), dev)
-                with policy.context():
-                    loss = loss_fn(run_model, batch)
-                if loss.dim() != 0:
-                    raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
-                scaled = loss / accum_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                total += scaled.detach()
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if optim.grad_clip is not None:
-                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-            else:
-                gn = torch.zeros((), device=dev)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            timed_steps += 1
-            if timed_steps == timing_skip:
-                synchronize(dev)
-                t_timing, eval_at_timing = time.perf_counter(), history.eval_seconds
-            pending_loss.append(total); pending_gn.append(gn.detach())
-            pending_steps.append(step + 1); pending_lr.append(cur_lr)
+            loss = accumulate_gradients(run_model, loss_fn, next_batch, step * accum_steps, accum_steps, dev,
+                                        policy, scaler)
+            grad_norm = optimizer_step(model, opt, scaler, optim.grad_clip)
+            clock.step_done(history.eval_seconds)
             done = step + 1
+            log.add(done, loss, grad_norm, cur_lr)
             if done % log_every == 0 or done == end:
-                flush()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{cur_lr:.2e}")
+                log.flush(history)
+                bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{cur_lr:.2e}")
                 if not math.isfinite(history.loss[-1]):
                     raise FloatingPointError(f"loss became {history.loss[-1]} at step {done}; lower the learning rate")
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if done % eval_every == 0 or done == end:
                 evaluate(done)
             if checkpoint_every and done % checkpoint_every == 0 and done != end:
                 save(done)
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            if max_seconds is not None and clock.elapsed() > max_seconds:
                 end = done
                 if not history.eval_step or history.eval_step[-1] != done:
                     evaluate(done)  # a budget-stopped run still ends with an evaluation
@@ -400,23 +386,12 @@ def fit(
         step = end
     except KeyboardInterrupt:
         history.interrupted = True
-        flush()
+        log.flush(history)
         step = history.step[-1] if history.step else start
     finally:
-        if bar is not None:
-            bar.close()
-    flush()
-    synchronize(dev)
-    history.seconds = time.perf_counter() - t0
+        bar.close()
+    log.flush(history)
     history.steps_done = step
-    counted = timed_steps - timing_skip if timed_steps > timing_skip else timed_steps
-    if timed_steps <= timing_skip:  # too short to skip anything: time the whole run
-        t_timing, eval_at_timing = t0, 0.0
-    train_seconds = (t0 + history.seconds - t_timing) - (history.eval_seconds - eval_at_timing)
-    if tokens_per_step and counted and train_seconds > 0:
-        history.tokens_per_s = tokens_per_step * accum_steps * counted / train_seconds
-        peak = peak_flops or peak_flops_for(dev)
-        if flops_per_token and peak:
-            history.mfu = flops_per_token * history.tokens_per_s / peak
+    clock.finish(history, tokens_per_step * accum_steps if tokens_per_step else None, flops_per_token, peak_flops)
     save(step)
     return history

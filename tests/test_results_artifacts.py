@@ -7,6 +7,25 @@ import torch
 from torch import nn
 
 from course_lib import artifacts, results
+from course_lib.files import atomic_write
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    assert atomic_write(target, lambda tmp: open(tmp, "w").write("old")) == target  # creates the folder
+    assert target.read_text() == "old"
+
+    def half_then_fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old"  # the target is untouched
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # and no temporary file is left
+    atomic_write(target, lambda tmp: open(tmp, "w").write("new"), suffix=".part")
+    assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["out.json"]
 
 
 def test_record_and_table(tmp_path, monkeypatch):
@@ -17,6 +36,7 @@ def test_record_and_table(tmp_path, monkeypatch):
     assert path.name == "01_demo__cpu.json"
     assert entry["profile"] == "cpu" and entry["metrics"] == {"val_loss": 1.234568, "minutes": 2}
     assert entry["hardware"] and entry["date"].endswith("UTC")
+    assert [p.name for p in tmp_path.iterdir()] == ["01_demo__cpu.json"]  # written atomically, no temp left
     table = results.table(tmp_path)
     assert "| 01_demo | cpu | val_loss=1.235, minutes=2 |" in table
     with pytest.raises(ValueError, match="metric 'x'"):

@@ -1,4 +1,5 @@
-"""fit(): exact resume, accumulation, schedule, evaluation, checkpoints, bad input."""
+"""fit(): exact resume, accumulation, schedule, evaluation, checkpoints, bad input; the checkpoint
+module's state-dict check."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from course_lib.checkpoint import check_state_fits, load_checkpoint
 from course_lib.device import seed_everything
-from course_lib.train import OptimConfig, fit, load_checkpoint, lr_at
+from course_lib.train import OptimConfig, fit, lr_at
 
 
 def make_model(dropout: float = 0.1) -> nn.Module:
@@ -145,8 +147,8 @@ def test_bad_input():
 
 
 def test_time_budget_stops_early_and_still_evaluates():
-    h = fit(make_model(), mse, data, steps=10_000, optim=OptimConfig(lr=1e-3), device="cpu", progress=False, eval_every=5000,
-            max_seconds=0.3, eval_fn=lambda m, step: {"val_loss": mse(m, data(10_000)).item()})
+    h = fit(make_model(), mse, data, steps=10_000, optim=OptimConfig(lr=1e-3), device="cpu", progress=False,
+            eval_every=5000, max_seconds=0.3, eval_fn=lambda m, step: {"val_loss": mse(m, data(10_000)).item()})
     assert 0 < h.steps_done < 10_000
     assert h.eval_step == [h.steps_done] and "val_loss" in h.last_eval
 
@@ -174,3 +176,32 @@ def test_timing_skip_leaves_slow_first_steps_out_of_tokens_per_s():
     assert h.tokens_per_s and h.tokens_per_s > 0
     with pytest.raises(ValueError, match="timing_skip"):
         fit(make_model(), mse, data, steps=1, device="cpu", progress=False, timing_skip=-1)
+
+
+def test_check_state_fits_names_where_key_and_both_shapes():
+    model = make_model()
+    other = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.GELU(), nn.Linear(16, 1))
+    with pytest.raises(ValueError) as err:
+        check_state_fits(model, other.state_dict(), "file run.pt")
+    msg = str(err.value)
+    assert msg.startswith("file run.pt: ") and "'0.weight'" in msg and "(16, 8)" in msg and "(32, 8)" in msg
+    with pytest.raises(ValueError, match=r"run.pt does not fit this model: missing keys \['3.bias', '3.weight'\]"):
+        check_state_fits(model, {k: v for k, v in model.state_dict().items() if not k.startswith("3.")}, "run.pt")
+    check_state_fits(model, make_model().state_dict(), "run.pt")  # a fitting state passes silently
+
+
+def test_gpt_load_state_dict_checked_is_check_state_fits(monkeypatch):
+    from course_lib.models import gpt
+
+    small = gpt.GPT(gpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    wide = gpt.GPT(gpt.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError) as direct:
+        check_state_fits(small, wide.state_dict(), "weights.safetensors")
+    with pytest.raises(ValueError) as method:
+        small.load_state_dict_checked(wide.state_dict(), "weights.safetensors")
+    assert str(method.value) == str(direct.value)
+    assert "weights.safetensors" in str(direct.value) and "n_embd=8" in str(direct.value)  # names the config
+    calls = []
+    monkeypatch.setattr(gpt, "check_state_fits", lambda model, state, where: calls.append(where))
+    small.load_state_dict_checked(small.state_dict(), "here")
+    assert calls == ["here"]

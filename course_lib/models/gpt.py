@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import check_state_fits
 from .transformer import Block, KVCache
 
 
@@ -157,17 +158,9 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def load_state_dict_checked(self, state: dict, where: str = "checkpoint") -> None:
-        """``load_state_dict`` with an error naming the first mismatching key and both shapes."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        extra = sorted(set(state) - set(own))
-        if missing or extra:
-            raise ValueError(f"{where} does not fit this model: missing keys {missing[:5]}, "
-                             f"unexpected keys {extra[:5]}")
-        for k, v in own.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"{where}: {k!r} has shape {tuple(state[k].shape)}, this model "
-                                 f"({self.config}) expects {tuple(v.shape)}")
+        """``load_state_dict`` with an error naming ``where``, the first mismatching key, both shapes
+        and this model's config (:func:`course_lib.checkpoint.check_state_fits`)."""
+        check_state_fits(self, state, where)
         self.load_state_dict(state)
 
 

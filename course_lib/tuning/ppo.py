@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..tasks.instructions import STOP, Example, sample_examples
-from ..train import make_optimizer
+from ..train import OptimConfig, optimizer_step, progress_bar
 from .reward import RewardModel
 from .sequences import (
     _need_same_shape,
@@ -184,7 +184,8 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
     disable_dropout(policy)
     ref.eval()  # both frozen: rollouts only read them, under no_grad
     rm.eval()
-    opt = make_optimizer(policy, cfg.lr, weight_decay=0.0, betas=(0.9, 0.95), device=device)
+    optim = OptimConfig(lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95), grad_clip=cfg.grad_clip)
+    opt = optim.make_optimizer(policy, device)
     hist = PPOHistory()
     every = eval_every or max(1, cfg.iterations // 5)
     t0 = time.perf_counter()
@@ -195,11 +196,7 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
             hist.eval.append({k: float(v) for k, v in eval_fn(policy, step).items()})
 
     evaluate(0)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.iterations, desc="ppo", dynamic_ncols=True)
+    bar = progress_bar(cfg.iterations, desc="ppo", enabled=progress)
     for it in range(cfg.iterations):
         examples = sample_examples(words, cfg.prompts_per_iter, seed=cfg.seed * 1_000_003 + it)
         policy.eval()
@@ -216,11 +213,9 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
                 T = int(seqs["lengths"].max())
                 logp, mask = policy_logprobs(policy, seqs)
                 old, adv = ro["old_logp"][chunk][:, : T - 1], ro["advantages"][chunk][:, : T - 1]
-                loss = ppo_clip_loss(logp, old, adv, mask, cfg.clip)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                opt.step()
+                opt.zero_grad(set_to_none=True)  # nothing stale (e.g. from eval_fn) enters the step
+                ppo_clip_loss(logp, old, adv, mask, cfg.clip).backward()
+                optimizer_step(policy, opt, grad_clip=optim.grad_clip)  # clip, step, zero
                 with torch.no_grad():
                     ratio = torch.exp(logp - old)
                     m = mask.float()
@@ -235,13 +230,11 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
         hist.sample_exact.append(float(ro["exact"].mean()))
         hist.clipfrac.append(clipped / max(counted, 1.0))
         hist.first_ratio.append(first if first is not None else 1.0)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{hist.reward[-1]:.2f}", kl=f"{kl:.2f}")
+        bar.update(1)
+        bar.set_postfix(reward=f"{hist.reward[-1]:.2f}", kl=f"{kl:.2f}")
         if (it + 1) % every == 0 and it + 1 != cfg.iterations:
             evaluate(it + 1)
-    if bar is not None:
-        bar.close()
+    bar.close()
     evaluate(cfg.iterations)
     hist.seconds = time.perf_counter() - t0
     return hist
