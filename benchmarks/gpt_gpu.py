@@ -20,6 +20,7 @@ working on machines without a GPU; such numbers mean nothing for the targets.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -31,32 +32,33 @@ from course_lib.measure import count_parameters
 from course_lib.models.gpt import GPT, GPTConfig, flops_per_token
 from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss, random_windows
 from course_lib.train import OptimConfig, fit, peak_flops_for
+from course_lib.tuning import recipes
 
-SHAKESPEARE_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False,
-                        batch_size=64, iters=5000, lr=1e-3, warmup=100, min_lr_ratio=0.1)
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=True,
                  batch_size=16, accum=4, steps=60, skip=15)
-TINY = dict(quality=dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, iters=30, warmup=5),
+TINY = dict(quality=dict(model=dict(n_layer=2, n_head=2, n_embd=32, block_size=32), batch_size=8, steps=30,
+                         optim=dict(warmup=5)),
             mfu=dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=512, batch_size=4, accum=2,
                      steps=6, skip=2))
 
 
 def quality(dev: torch.device, budget_s: float, compile: bool, tiny: bool, eval_iters: int = 200) -> dict:
-    cfg = dict(SHAKESPEARE_CHAR, **(TINY["quality"] if tiny else {}))
-    _device.seed_everything(1337)
+    """The gpu profile's char_gpt run (nanoGPT's shakespeare_char configuration, from
+    ``course_lib.tuning.recipes``) under a wall-clock budget."""
+    cfg = copy.deepcopy(recipes.char_gpt_config("gpu"))
+    if tiny:
+        for key, value in TINY["quality"].items():
+            cfg[key] = dict(cfg[key], **value) if isinstance(value, dict) else value
+    cfg["compile"] = compile
     corpus = CharCorpus.load()
-    mcfg = GPTConfig(vocab_size=corpus.vocab_size, block_size=cfg["block_size"], n_layer=cfg["n_layer"],
-                     n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"])
-    model = GPT(mcfg)
+    model = recipes.build_char_gpt(cfg, corpus.vocab_size)
     t0 = time.perf_counter()
-    hist = fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], cfg["block_size"], seed=1337),
-               steps=cfg["iters"], optim=OptimConfig(lr=cfg["lr"], warmup=cfg["warmup"], min_lr_ratio=cfg["min_lr_ratio"], betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0), device=dev, compile=compile, progress=False,
-               max_seconds=budget_s, log_every=100, tokens_per_step=cfg["batch_size"] * cfg["block_size"],
-               flops_per_token=flops_per_token(mcfg), timing_skip=20)  # steady-state tokens/s; wall time below
+    hist = recipes.pretrain_char_gpt(model, cfg, corpus, device=dev, progress=False, max_seconds=budget_s,
+                                     log_every=100, timing_skip=20)  # steady-state tokens/s; wall time below
     wall = time.perf_counter() - t0
     model.eval()
     with _device.autocast_policy(dev).context():
-        losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["block_size"], iters=eval_iters)
+        losses = estimate_loss(model, corpus, cfg["batch_size"], cfg["model"]["block_size"], iters=eval_iters)
     return {"part": "quality", "config": cfg, "params": count_parameters(model), "steps_done": hist.steps_done,
             "train_seconds_incl_compile": round(wall, 1), "tokens_per_s": round(hist.tokens_per_s or 0.0),
             "mfu": None if hist.mfu is None else round(hist.mfu, 4),
@@ -86,7 +88,8 @@ def mfu(dev: torch.device, compile: bool, tiny: bool) -> dict:
         return (x.pin_memory(), y.pin_memory()) if pinned else (x, y)
 
     fpt = flops_per_token(mcfg)
-    hist = fit(model, lm_loss, batch, steps=cfg["steps"], optim=OptimConfig(lr=6e-4, warmup=min(10, cfg["steps"] // 3), betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0), accum_steps=cfg["accum"], device=dev,
+    optim = OptimConfig(lr=6e-4, warmup=min(10, cfg["steps"] // 3), betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0)
+    hist = fit(model, lm_loss, batch, steps=cfg["steps"], optim=optim, accum_steps=cfg["accum"], device=dev,
                compile=compile, progress=False, log_every=cfg["steps"],
                tokens_per_step=cfg["batch_size"] * cfg["block_size"], flops_per_token=fpt,
                timing_skip=cfg["skip"])

@@ -61,7 +61,8 @@ def run(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, steps=200
         return time.perf_counter() - t0, model
 
     def with_fit(model):
-        fit(model, lm_loss, lambda i: batches[i % len(batches)], steps=steps, optim=OptimConfig(lr=lr, warmup=warmup, min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0), device=dev, progress=False)
+        optim = OptimConfig(lr=lr, warmup=warmup, min_lr_ratio=0.1, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0)
+        fit(model, lm_loss, lambda i: batches[i % len(batches)], steps=steps, optim=optim, device=dev, progress=False)
 
     timed(lambda m: bare_loop(m, batches, min(steps, 20), lr, warmup, dev))  # warm-up
     t_bare, t_fit = [], []

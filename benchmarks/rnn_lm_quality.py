@@ -43,8 +43,9 @@ def main() -> None:
     model = RNNLanguageModel(corpus.vocab_size, args.d_embed, args.d_hidden, args.n_layers, cell=args.cell)
     B, T = args.batch_size, args.block_size
     cpu0 = time.process_time()
-    hist = fit(model, lm_loss, corpus.batches("train", B, T, seed=args.seed), steps=args.steps, optim=OptimConfig(lr=args.lr, weight_decay=0.0, warmup=20, grad_clip=1.0), max_seconds=args.max_seconds, device=device,
-               tokens_per_step=B * T, progress=False)
+    hist = fit(model, lm_loss, corpus.batches("train", B, T, seed=args.seed), steps=args.steps,
+               optim=OptimConfig(lr=args.lr, weight_decay=0.0, warmup=20, grad_clip=1.0), max_seconds=args.max_seconds,
+               device=device, tokens_per_step=B * T, progress=False)
     cpu_seconds = time.process_time() - cpu0
     losses = estimate_loss(model, corpus, B, T, iters=args.eval_iters)
 

@@ -16,6 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffix: str = ".tmp") -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file ``.<name>.<random><suffix>``
     beside ``path`` (its folder is created), which then replaces ``path``. Returns ``path``."""
@@ -24,6 +30,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, suffi
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; give it the permissions a plain open() would (the umask's),
+        # so a cache an instructor prepares for a class is readable by the students
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         os.replace(tmp, path)
     finally:

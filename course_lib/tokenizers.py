@@ -10,14 +10,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-R50K_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-)
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 IGNORE = -100  # label of positions no loss counts (F.cross_entropy's ignore_index)
-GPT2_EOT = "<|endoftext|>"
-GPT2_EOT_ID = 50256
-
-
+GPT2_EOT, GPT2_EOT_ID = "<|endoftext|>", 50256
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"  # the special tokens of character tokenizers
 
 
@@ -113,17 +108,11 @@ class CharTokenizer:
                 f"unknown characters {unknown!r} in {_preview(text)}; expected only characters of this "
                 f"tokenizer's {len(self.chars)}-character alphabet {_preview(''.join(self.chars))}"
             ) from None
-        if bos:
-            if self.bos_id is None:
-                raise ValueError(f"bos=True needs a {BOS!r} token; this tokenizer's special tokens are "
-                                 f"{self.specials or 'none'}")
-            ids.insert(0, self.bos_id)
-        if eos:
-            if self.eos_id is None:
-                raise ValueError(f"eos=True needs an {EOS!r} token; this tokenizer's special tokens are "
-                                 f"{self.specials or 'none'}")
-            ids.append(self.eos_id)
-        return ids
+        for asked, tid, name in ((bos, self.bos_id, BOS), (eos, self.eos_id, EOS)):
+            if asked and tid is None:
+                raise ValueError(f"{'bos' if name == BOS else 'eos'}=True needs a {name!r} token; this tokenizer's "
+                                 f"special tokens are {self.specials or 'none'}")
+        return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def _ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
         if isinstance(ids, torch.Tensor):
@@ -138,15 +127,9 @@ class CharTokenizer:
         """The characters of ``ids``: special tokens are skipped, and the text ends at the first
         ``<eos>`` (when this tokenizer has one)."""
         ids = self._ids(ids)
-        if not self.specials:
-            return "".join([self.itos[i] for i in ids])
-        n_special, out = len(self.specials), []
-        for i in ids:
-            if i == self.eos_id:
-                break
-            if i >= n_special:
-                out.append(self.itos[i])
-        return "".join(out)
+        if self.eos_id is not None and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return "".join([self.itos[i] for i in ids if i >= len(self.specials)])
 
     def tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
         """Every id as a printable token, special ones included (for the axes of heat maps)."""

@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint = None
         if args.checkpoint:
             checkpoint = args.checkpoint if world == 1 else f"{args.checkpoint}.rank{rank}"
-        hist = fit(train_model, lm_loss, my_slice, steps=args.steps, optim=OptimConfig(lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, betas=(0.9, 0.99)),
+        optim = OptimConfig(lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
+                            weight_decay=args.weight_decay, betas=(0.9, 0.99))
+        hist = fit(train_model, lm_loss, my_slice, steps=args.steps, optim=optim,
                    eval_fn=eval_fn, eval_every=args.eval_every or args.steps, device=device,
                    compile=args.compile, progress=rank == 0 and not profile.is_smoke(),
                    checkpoint_path=checkpoint, tokens_per_step=local_bs * args.block_size,

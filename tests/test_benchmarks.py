@@ -28,7 +28,7 @@ def test_gpt_gpu_runs_tiny_on_cpu(tmp_path):
                                 "--out", str(out)])
     assert json.loads(out.read_text()) == res
     q, m = res
-    assert q["part"] == "quality" and q["steps_done"] == q["config"]["iters"] == 30
+    assert q["part"] == "quality" and q["steps_done"] == q["config"]["steps"] == 30
     assert 0 < q["val_loss"] < 5 and q["tokens_per_s"] > 0
     assert m["part"] == "mfu" and m["tokens_per_s"] > 0 and m["mfu"] is None  # no bf16 peak known for a CPU
     assert m["params"] > 0 and m["flops_per_token"] > 6 * m["params"] * 0.9

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -26,6 +28,17 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # and no temporary file is left
     atomic_write(target, lambda tmp: open(tmp, "w").write("new"), suffix=".part")
     assert target.read_text() == "new" and [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_follows_the_umask(tmp_path, umask, mode):
+    # a class cache prepared by an instructor must be readable by students: not mkstemp's 0600
+    old = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "f.bin", lambda tmp: open(tmp, "wb").write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_record_and_table(tmp_path, monkeypatch):

@@ -134,8 +134,8 @@ def test_reward_model_learns_a_preference_with_fit(tok):
     tensors = preferences.preference_tensors(tok, prefs, 64, pad_id=0)
     rm = reward.RewardModel.from_policy(tiny_gpt(n_embd=32))
     before = reward.pairwise_accuracy(rm, tensors)
-    fit(rm, reward.rm_step_loss(), preferences.preference_batches(tensors, 16), steps=40, optim=OptimConfig(lr=3e-3, weight_decay=0.0), progress=False,
-        device="cpu")
+    fit(rm, reward.rm_step_loss(), preferences.preference_batches(tensors, 16), steps=40,
+        optim=OptimConfig(lr=3e-3, weight_decay=0.0), progress=False, device="cpu")
     assert reward.pairwise_accuracy(rm, tensors) > max(before, 0.9)
 
 

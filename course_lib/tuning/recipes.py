@@ -56,20 +56,21 @@ def optim_of(cfg: dict) -> OptimConfig:
     return OptimConfig(**cfg["optim"])
 
 
-def build_char_gpt(cfg: dict, vocab_size: int | None = None) -> GPT:
-    """The untrained char GPT of ``cfg``, its weights drawn after seeding with :data:`SEED`."""
+def build_char_gpt(cfg: dict, vocab_size: int | None = None, seed: int = SEED) -> GPT:
+    """The untrained char GPT of ``cfg``, its weights drawn after seeding with ``seed``."""
     vocab_size = vocab_size if vocab_size is not None else CharCorpus.load().vocab_size
-    seed_everything(SEED)
+    seed_everything(seed)
     return GPT(GPTConfig(vocab_size=vocab_size, **cfg["model"]))
 
 
-def pretrain_char_gpt(model: GPT, cfg: dict, corpus: CharCorpus | None = None, **fit_kwargs) -> History:
-    """Notebook 06's pre-training run: next-token loss on random windows of the training split.
-    ``fit_kwargs`` add what does not change the weights (``eval_fn``, ``eval_every``, ``device``,
-    ``progress``, ...)."""
+def pretrain_char_gpt(model: GPT, cfg: dict, corpus: CharCorpus | None = None, *, seed: int = SEED,
+                      **fit_kwargs) -> History:
+    """Notebook 06's pre-training run: next-token loss on random windows of the training split
+    (drawn from ``seed``). ``fit_kwargs`` add what does not change the weights (``eval_fn``,
+    ``eval_every``, ``device``, ``progress``, ...) or, for benchmarks, a ``max_seconds`` budget."""
     corpus = corpus if corpus is not None else CharCorpus.load()
     block = cfg["model"]["block_size"]
-    return fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], block, seed=SEED), steps=cfg["steps"],
+    return fit(model, lm_loss, corpus.batches("train", cfg["batch_size"], block, seed=seed), steps=cfg["steps"],
                optim=optim_of(cfg), compile=cfg["compile"], tokens_per_step=cfg["batch_size"] * block,
                flops_per_token=flops_per_token(model.config), **fit_kwargs)
 
