@@ -17,8 +17,9 @@ words taken from the play. Train and test use disjoint words. One example reads:
 
 The prompt is everything up to and including ``"A: "``; the response is the answer and a
 newline, which doubles as the end-of-response token: generation stops there. The SFT loss is the
-next-token cross-entropy on response tokens only: prompt positions get the label -100, which
-``F.cross_entropy`` ignores (``ignore_index``).
+next-token cross-entropy on response tokens only: :func:`mask_prompt_labels` gives prompt
+positions the label ``IGNORE`` (-100), which ``F.cross_entropy`` ignores (``ignore_index``); the
+loss is :func:`course_lib.models.lm.masked_lm_loss`, the training step :mod:`course_lib.tuning.sft`.
 """
 from __future__ import annotations
 

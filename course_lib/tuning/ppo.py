@@ -1,13 +1,14 @@
 """InstructGPT's step 3: PPO against the reward model with a per-token KL penalty.
 
-The policy pi_phi^RL starts as a copy of pi^SFT and maximises InstructGPT's
-objective ``E[r_theta(x, y)] - beta KL(pi_phi^RL || pi^SFT)``. The KL is paid per token: the
-token-level reward is ``r_t = -beta (log pi(y_t | x, y_<t) - log pi^SFT(y_t | x, y_<t))``, and
+The policy pi_phi^RL starts as a copy of pi^SFT and maximises InstructGPT's objective
+``E[r_theta(x, y)] - beta KL(pi_phi^RL || pi^SFT)``. The KL is paid per token: the token-level
+reward is ``r_t = -beta (log pi(y_t | x, y_<t) - log pi^SFT(y_t | x, y_<t))``, and
 r_theta(x, y) is added at the last token (:func:`kl_penalty_rewards`). PPO (Schulman et al.,
 2017) reuses each batch of samples for a few gradient steps and keeps the policy near the one
 that sampled them with the clipped surrogate
 ``L^CLIP = E_t[min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)]``,
 ``rho_t = pi(y_t | s_t) / pi_old(y_t | s_t)`` (:func:`ppo_clip_loss`).
+
 **Baseline.** Instead of a learned value function (InstructGPT initialises one from the reward
 model) we sample ``group_size`` responses per prompt and use, for each response, the mean return
 of the *other* responses to the same prompt as its baseline (leave-one-out, as in Ahmadian et al.,
@@ -21,7 +22,8 @@ train or tune.
 Sequences are right-padded token ids ``ids`` (B, T) with ``prompt_lens`` and ``lengths`` (B,):
 the response is ``ids[b, prompt_lens[b]:lengths[b]]``. Per-token quantities (log-probabilities,
 rewards, advantages) live on the (B, T - 1) grid of *predicted* tokens, where column t holds
-token t + 1 predicted from the tokens up to t; :func:`response_mask` marks the response there.
+token t + 1 predicted from the tokens up to t; :func:`course_lib.tuning.sequences.response_mask`
+marks the response there.
 """
 from __future__ import annotations
 
