@@ -8,11 +8,17 @@
 * regions between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed;
 * outputs, execution counts and execution metadata are cleared.
 
-CLI::
+The course's public address is named in one place, ``[project.urls] Repository`` of
+``pyproject.toml``; ``build`` writes from it each notebook's "Open in Colab" badge (first
+markdown cell; a solution's badge opens the solution, a student version's the student version)
+and the install guard that starts each ``parameters`` cell (:func:`install_guard`), into
+``solutions/`` and ``notebooks/``; ``check`` fails when either is out of date.
+
+CLI (in a checkout of the course)::
 
     python -m course_lib.assignments build   # write notebooks/ from solutions/
     python -m course_lib.assignments check   # non-zero exit if notebooks/ is stale or has outputs
-    python -m course_lib.assignments from-py SRC.py DEST.ipynb   # author in percent format
+    python -m course_lib.assignments from-py SRC.py DEST.ipynb   # author in percent format (jupytext)
     python -m course_lib.assignments to-py SRC.ipynb DEST.py
 """
 from __future__ import annotations
@@ -24,7 +30,16 @@ import re
 import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
+BRANCH = "main"
+COLAB_DRIVE = "/content/drive/MyDrive"  # where Colab mounts Google Drive
+GUARD_FIRST_LINE = "# Colab or a bare kernel: install the course first (where course_lib imports, this does nothing)"
+_BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)\s*$")
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 ANSWER = "YOUR ANSWER HERE"
@@ -32,6 +47,11 @@ ANSWER = "YOUR ANSWER HERE"
 
 class MarkerError(ValueError):
     """Malformed solution markers, naming the notebook and cell."""
+
+
+class CheckoutError(RuntimeError):
+    """``build`` or ``check`` run where there is no course to build (no ``solutions/``, no
+    ``pyproject.toml``): an installed copy of the library, not a checkout."""
 
 
 def _source(cell: dict) -> str:
@@ -116,12 +136,121 @@ def _pairs(solutions: Path, notebooks: Path):
         yield src, notebooks / src.name
 
 
+# -- the public address: badges and the install guard -------------------------------------------
+
+def repository(root: Path = ROOT) -> str:
+    """The course's public repository, ``[project.urls] Repository`` of ``root/pyproject.toml``."""
+    path = Path(root) / "pyproject.toml"
+    if not path.is_file():
+        raise CheckoutError(f"no pyproject.toml in {root}: the address is read from a checkout of the course")
+    urls = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {}).get("urls", {})
+    url = urls.get("Repository", "").rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise CheckoutError(f"{path}: [project.urls] Repository = {url!r}; expected https://github.com/OWNER/NAME "
+                            "(Colab opens notebooks from GitHub)")
+    return url.removesuffix(".git")
+
+
+def colab_badge(repo: str, path: str) -> str:
+    """The markdown "Open in Colab" badge of ``path`` (e.g. ``notebooks/01_x.ipynb``) in ``repo``."""
+    where = repo.removeprefix("https://github.com/")
+    return ("[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{where}/blob/{BRANCH}/{path})")
+
+
+def install_guard(source: str, drive: str = COLAB_DRIVE) -> str:
+    """The first lines of every ``parameters`` cell. Where ``course_lib`` is not importable
+    (Colab, a bare kernel) they pip-install the course from ``source`` (``git+<repository>@main``)
+    into the kernel's own Python and, when Google Drive is mounted at ``drive``, keep the data
+    cache and trained artifacts there so they outlive the session. Where ``course_lib`` imports
+    (a checkout set up with ``make``, a ``pip install``), they do nothing."""
+    return "\n".join([
+        GUARD_FIRST_LINE,
+        "import importlib.util, os, subprocess, sys",
+        'if importlib.util.find_spec("course_lib") is None:',
+        f"    COURSE_SOURCE = {json.dumps(source)}",
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", COURSE_SOURCE], check=True)',
+        "    importlib.invalidate_caches()",
+        f"    if os.path.isdir({json.dumps(drive)}):  # Drive mounted: data and trained models outlive the session",
+        f'        os.environ.setdefault("COURSE_DATA_DIR", {json.dumps(drive + "/llm-course")})',
+        '    print(f"installed the course from {COURSE_SOURCE}; data cache:",',
+        '          os.environ.get("COURSE_DATA_DIR", "~/.cache/llm-course"))',
+    ])
+
+
+def guard_source(repo: str) -> str:
+    """What the guard installs: the repository's default branch, through git."""
+    return f"git+{repo}@{BRANCH}"
+
+
+def _with_badge(text: str, badge: str) -> str:
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if _BADGE.match(line.strip()):
+            lines[i] = badge
+            return "\n".join(lines)
+    return "\n".join(lines[:1] + ["", badge] + lines[1:])  # after the title
+
+
+def _with_guard(text: str, guard: str) -> str:
+    lines = text.split("\n")
+    if lines and lines[0] == GUARD_FIRST_LINE:  # replace the old guard, up to its blank line
+        end = lines.index("") if "" in lines else len(lines)
+        lines = lines[end + 1:]
+    return guard + "\n\n" + "\n".join(lines)
+
+
+def sync_public_address(nb: dict, repo: str, path: str) -> dict:
+    """A copy of ``nb`` whose first markdown cell carries the badge of ``path`` and whose
+    ``parameters`` cell starts with the install guard, both from ``repo``."""
+    nb = copy.deepcopy(nb)
+    cells = nb.get("cells", [])
+    md = next((c for c in cells if c.get("cell_type") == "markdown"), None)
+    if md is not None:
+        md["source"] = _with_badge(_source(md), colab_badge(repo, path))
+    params = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if params is not None:
+        params["source"] = _with_guard(_source(params), install_guard(guard_source(repo)))
+    return nb
+
+
+def _require_checkout(solutions: Path) -> None:
+    if not Path(solutions).is_dir():
+        raise CheckoutError(
+            f"no solutions folder at {solutions}: `build` and `check` work on a checkout of the course "
+            "(git clone it; the address is in pyproject.toml's [project.urls]), or pass --solutions and "
+            "--notebooks. An installed course_lib has no notebooks to build.")
+
+
+def _repo_beside(solutions: Path) -> str | None:
+    """The repository named by the pyproject.toml beside ``solutions/``; None when there is none
+    (a folder of notebooks that is not a course checkout: badges and guards are left alone)."""
+    root = Path(solutions).resolve().parent
+    return repository(root) if (root / "pyproject.toml").is_file() else None
+
+
+def _expected(src: Path, notebooks: Path, repo: str | None) -> tuple[str, str]:
+    """(the solution's text with badge and guard in sync, the student version's text)."""
+    sol = load(src)
+    if repo:
+        sol = sync_public_address(sol, repo, f"{src.parent.name}/{src.name}")
+    student = student_version(sol, src.name)
+    if repo:
+        student = sync_public_address(student, repo, f"{notebooks.name}/{src.name}")
+    return dumps(sol), dumps(student)
+
+
 def build(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebooks") -> list[Path]:
-    """Write the student version of every solution notebook; returns the written paths."""
+    """Write the student version of every solution notebook (and bring each solution's badge and
+    install guard in line with pyproject.toml); returns the student notebooks' paths."""
+    _require_checkout(solutions)
+    repo = _repo_beside(solutions)
     notebooks.mkdir(parents=True, exist_ok=True)
     written = []
     for src, dst in _pairs(solutions, notebooks):
-        text = dumps(student_version(load(src), src.name))
+        sol_text, text = _expected(src, notebooks, repo)
+        if repo and dumps(load(src)) != sol_text:
+            src.write_text(sol_text, encoding="utf-8")
         if not dst.exists() or dst.read_text(encoding="utf-8") != text:
             dst.write_text(text, encoding="utf-8")
         written.append(dst)
@@ -134,19 +263,28 @@ def outputs_in(nb: dict) -> int:
 
 
 def check(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebooks") -> list[str]:
-    """Problems found (empty when ``notebooks/`` equals a fresh build and nothing has outputs)."""
+    """Problems found (empty when ``notebooks/`` equals a fresh build, badges and guards follow
+    pyproject.toml and nothing has outputs). Raises :class:`CheckoutError` outside a checkout."""
+    _require_checkout(solutions)
     problems = []
     expected_names = set()
+    try:
+        repo = _repo_beside(solutions)
+    except CheckoutError as e:
+        return [str(e)]
     for src, dst in _pairs(solutions, notebooks):
         expected_names.add(dst.name)
         try:
             sol = load(src)
             if outputs_in(sol):
                 problems.append(f"{src}: has outputs or execution counts; clear them before committing")
-            text = dumps(student_version(sol, src.name))
+            sol_text, text = _expected(src, notebooks, repo)
         except ValueError as e:
             problems.append(str(e))
             continue
+        if repo and dumps(sol) != sol_text:
+            problems.append(f"{src}: its Colab badge or install guard does not follow pyproject.toml's "
+                            "[project.urls] Repository; run `python -m course_lib.assignments build`")
         if not dst.exists():
             problems.append(f"{dst}: missing; run `python -m course_lib.assignments build`")
         elif dst.read_text(encoding="utf-8") != text:
@@ -158,66 +296,35 @@ def check(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebo
     return problems
 
 
-# -- authoring helpers: a minimal percent format ("# %%" cells) <-> ipynb ---------------------
+# -- authoring in percent format, through jupytext ------------------------------------------------
 
-_HEADER = re.compile(r"^# %%(?:\s*\[(markdown|md)\])?(?:\s+tags=(\[.*\]))?\s*$")
+def _jupytext():
+    try:
+        import jupytext
+    except ImportError:
+        raise SystemExit("from-py and to-py need jupytext: pip install -e '.[dev]' (or pip install jupytext)") from None
+    return jupytext
 
 
 def from_py(text: str) -> dict:
-    """Parse percent-format Python (``# %%``, ``# %% [markdown]``, ``# %% tags=["parameters"]``)."""
-    cells: list[dict] = []
-    cur: dict | None = None
-    for line in text.split("\n"):
-        m = _HEADER.match(line)
-        if m:
-            if cur is not None:
-                cells.append(cur)
-            kind = "markdown" if m.group(1) else "code"
-            tags = json.loads(m.group(2)) if m.group(2) else []
-            cur = {"cell_type": kind, "metadata": {"tags": tags} if tags else {}, "lines": []}
-            continue
-        if cur is None:
-            continue
-        cur["lines"].append(line)
-    if cur is not None:
-        cells.append(cur)
-    nb_cells = []
-    for i, c in enumerate(cells):
-        c["id"] = f"cell-{i:03d}"
-        lines = c.pop("lines")
-        while lines and not lines[-1].strip():
-            lines.pop()
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        if c["cell_type"] == "markdown":
-            lines = [ln[2:] if ln.startswith("# ") else ln[1:] if ln.startswith("#") else ln for ln in lines]
-            c["source"] = "\n".join(lines)
-        else:
-            c.update(source="\n".join(lines), outputs=[], execution_count=None)
-        nb_cells.append(c)
-    return {
-        "cells": nb_cells,
-        "metadata": {
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
+    """A notebook from percent-format Python (``# %%``, ``# %% [markdown]``,
+    ``# %% tags=["parameters"]``), read by jupytext; outputs empty, no jupytext metadata."""
+    nb = json.loads(_jupytext().writes(_jupytext().reads(text, fmt="py:percent"), fmt="ipynb"))
+    nb.get("metadata", {}).pop("jupytext", None)
+    nb.setdefault("metadata", {}).setdefault(
+        "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    for i, cell in enumerate(nb["cells"]):
+        cell["id"] = f"cell-{i:03d}"
+        cell["source"] = _source(cell)
+    return nb
 
 
 def to_py(nb: dict) -> str:
-    parts = []
-    for c in nb.get("cells", []):
-        tags = c.get("metadata", {}).get("tags", [])
-        tag_s = f" tags={json.dumps(tags)}" if tags else ""
-        src = _source(c)
-        if c.get("cell_type") == "markdown":
-            body = "\n".join(("# " + ln) if ln else "#" for ln in src.split("\n"))
-            parts.append(f"# %% [markdown]{tag_s}\n{body}")
-        else:
-            parts.append(f"# %%{tag_s}\n{src}")
-    return "\n\n".join(parts) + "\n"
+    """Percent-format Python of a notebook, written by jupytext (no header)."""
+    jt = _jupytext()
+    node = jt.reads(json.dumps(nb), fmt="ipynb")
+    node.metadata.setdefault("jupytext", {})["notebook_metadata_filter"] = "-all"
+    return jt.writes(node, fmt="py:percent")
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -248,7 +355,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.cmd == "to-py":
             args.dst.write_text(to_py(load(args.src)), encoding="utf-8")
             return 0
-    except MarkerError as e:
+    except (MarkerError, CheckoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
