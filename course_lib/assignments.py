@@ -18,6 +18,7 @@ CLI (in a checkout of the course)::
 
     python -m course_lib.assignments build   # write notebooks/ from solutions/
     python -m course_lib.assignments check   # non-zero exit if notebooks/ is stale or has outputs
+    python -m course_lib.assignments clean [NB ...]   # clear outputs of solutions (pre-commit runs it)
     python -m course_lib.assignments from-py SRC.py DEST.ipynb   # author in percent format (jupytext)
     python -m course_lib.assignments to-py SRC.ipynb DEST.py
 """
@@ -334,6 +335,8 @@ def _main(argv: list[str] | None = None) -> int:
         s = sub.add_parser(cmd)
         s.add_argument("--solutions", type=Path, default=ROOT / "solutions")
         s.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
+    s = sub.add_parser("clean", help="clear outputs and execution counts of solution notebooks in place")
+    s.add_argument("paths", nargs="*", type=Path)
     s = sub.add_parser("from-py"); s.add_argument("src", type=Path); s.add_argument("dst", type=Path)
     s = sub.add_parser("to-py"); s.add_argument("src", type=Path); s.add_argument("dst", type=Path)
     args = p.parse_args(argv)
@@ -349,6 +352,13 @@ def _main(argv: list[str] | None = None) -> int:
             if not problems:
                 print(f"ok: {args.notebooks} matches a fresh build of {args.solutions}; no outputs committed")
             return 1 if problems else 0
+        if args.cmd == "clean":
+            for path in args.paths or sorted((ROOT / "solutions").glob("*.ipynb")):
+                nb = load(path)
+                if outputs_in(nb) or any("execution" in c.get("metadata", {}) for c in nb.get("cells", [])):
+                    path.write_text(dumps(clean(nb)), encoding="utf-8")
+                    print(f"cleared outputs of {path}")
+            return 0
         if args.cmd == "from-py":
             args.dst.write_text(dumps(from_py(args.src.read_text(encoding="utf-8"))), encoding="utf-8")
             return 0

@@ -125,3 +125,77 @@ def test_percent_format_round_trip():
 def test_repository_notebooks_are_built_and_clean():
     """The committed notebooks/ equals a fresh build of solutions/, and nothing holds outputs."""
     assert asg.check() == []
+
+
+# -- the public address: badges and the install guard come from pyproject.toml --------------------
+
+def _course(tmp_path, url):
+    (tmp_path / "pyproject.toml").write_text(f'[project]\nname = "x"\n\n[project.urls]\nRepository = "{url}"\n')
+    sol = tmp_path / "solutions"
+    sol.mkdir(exist_ok=True)
+    params = {"cell_type": "code", "source": "PROFILE = None\nSEED = 0", "metadata": {"tags": ["parameters"]},
+              "outputs": [], "execution_count": None}
+    write(sol / "01_x.ipynb", nb(md("# 01 · X\n\nIntro."), params, SOLUTION | {"outputs": [], "execution_count": None}))
+    return sol, tmp_path / "notebooks"
+
+
+def test_badges_and_install_guard_follow_pyproject(tmp_path):
+    sol, stu = _course(tmp_path, "https://github.com/someone/fork")
+    assert any("badge or install guard" in p for p in asg.check(sol, stu))
+    asg.build(sol, stu)
+    assert asg.check(sol, stu) == []
+    for folder in (sol, stu):
+        cells = json.loads((folder / "01_x.ipynb").read_text())["cells"]
+        assert cells[0]["source"] == ("# 01 · X\n\n" + asg.colab_badge("https://github.com/someone/fork",
+                                                                      f"{folder.name}/01_x.ipynb") + "\n\nIntro.")
+        assert f"github/someone/fork/blob/main/{folder.name}/01_x.ipynb" in cells[0]["source"]
+        guard = asg.install_guard("git+https://github.com/someone/fork@main")
+        assert cells[1]["source"] == guard + "\n\nPROFILE = None\nSEED = 0"
+    first = (sol / "01_x.ipynb").read_text()
+    asg.build(sol, stu)
+    assert (sol / "01_x.ipynb").read_text() == first  # idempotent: the old guard is replaced, not stacked
+    # the fork moves: one line in pyproject.toml, and check says what to do
+    (tmp_path / "pyproject.toml").write_text('[project.urls]\nRepository = "https://github.com/other/place"\n')
+    problems = asg.check(sol, stu)
+    assert any("01_x.ipynb: its Colab badge or install guard" in p for p in problems)
+    assert any("differs from a fresh build" in p for p in problems)
+    asg.build(sol, stu)
+    assert asg.check(sol, stu) == [] and "github/other/place/blob" in (stu / "01_x.ipynb").read_text()
+
+
+def test_a_repository_colab_cannot_open_is_refused(tmp_path):
+    sol, stu = _course(tmp_path, "https://gitlab.com/someone/fork")
+    with pytest.raises(asg.CheckoutError, match="expected https://github.com/OWNER/NAME"):
+        asg.build(sol, stu)
+    assert any("expected https://github.com/OWNER/NAME" in p for p in asg.check(sol, stu))
+
+
+def test_repository_address_is_named_once():
+    """pyproject.toml names the address; every committed notebook carries what build makes of it."""
+    repo = asg.repository()
+    assert repo == "https://github.com/llm-course/llm-course"
+    for folder in ("solutions", "notebooks"):
+        for path in sorted((asg.ROOT / folder).glob("*.ipynb")):
+            cells = asg.load(path)["cells"]
+            assert asg.colab_badge(repo, f"{folder}/{path.name}") in cells[0]["source"]
+            params = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+            assert params["source"].startswith(asg.install_guard(asg.guard_source(repo)) + "\n\n")
+
+
+def test_check_outside_a_checkout_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "solutions"
+    for cmd in ("check", "build"):
+        assert asg._main([cmd, "--solutions", str(missing), "--notebooks", str(tmp_path / "notebooks")]) == 2
+        err = capsys.readouterr()
+        assert f"no solutions folder at {missing}" in err.err and "checkout of the course" in err.err
+        assert "ok:" not in err.out
+    assert not (tmp_path / "notebooks").exists()  # nothing created
+
+
+def test_clean_clears_outputs_in_place(tmp_path):
+    path = tmp_path / "01_x.ipynb"
+    write(path, nb(SOLUTION))
+    assert asg._main(["clean", str(path)]) == 0
+    assert asg.outputs_in(json.loads(path.read_text())) == 0
+    before = path.read_text()
+    assert asg._main(["clean", str(path)]) == 0 and path.read_text() == before
