@@ -165,16 +165,18 @@ def install_guard(source: str, drive: str = COLAB_DRIVE) -> str:
     into the kernel's own Python and, when Google Drive is mounted at ``drive``, keep the data
     cache and trained artifacts there so they outlive the session. Where ``course_lib`` imports
     (a checkout set up with ``make``, a ``pip install``), they do nothing."""
+    # no assignment at the cell's top level but the parameters: papermill reads every `NAME = ...`
+    # line of the cell (indented ones too) as a parameter
     return "\n".join([
         GUARD_FIRST_LINE,
         "import importlib.util, os, subprocess, sys",
         'if importlib.util.find_spec("course_lib") is None:',
-        f"    COURSE_SOURCE = {json.dumps(source)}",
-        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", COURSE_SOURCE], check=True)',
+        '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",',
+        f"                    {json.dumps(source)}], check=True)",
         "    importlib.invalidate_caches()",
         f"    if os.path.isdir({json.dumps(drive)}):  # Drive mounted: data and trained models outlive the session",
         f'        os.environ.setdefault("COURSE_DATA_DIR", {json.dumps(drive + "/llm-course")})',
-        '    print(f"installed the course from {COURSE_SOURCE}; data cache:",',
+        f'    print("installed the course from {source}; data cache:",',
         '          os.environ.get("COURSE_DATA_DIR", "~/.cache/llm-course"))',
     ])
 
