@@ -1,8 +1,9 @@
-"""Exercise checkers: ``checks.<exercise>(your_function)`` prints a verdict and returns it.
+"""Exercise checkers: ``checks.<exercise>(your_function)`` reports a verdict and returns it.
 
 Each topic has its own module (``checks/<topic>.py``); every function made with ``@checker`` in
 any of them is exported from here, found by walking the package (no hand-kept list), and listed
-in :data:`CHECKERS`.
+in :data:`CHECKERS`. Inside IPython every verdict is also a ``display_data`` output with the MIME
+type :data:`VERDICT_MIME`; :func:`verdicts_in` reads them back from an executed notebook.
 """
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 
-from ._core import CheckFailed, Verdict, checker, expect, expect_close, expect_tensor
+from . import _guard
+from ._core import (
+    CheckFailed,
+    Verdict,
+    checker,
+    expect,
+    expect_close,
+    expect_count,
+    expect_grads,
+    expect_items,
+    expect_tensor,
+)
+from .verdicts import VERDICT_MIME, verdicts_in
 
 CHECKERS: dict[str, Callable] = {}
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -25,4 +38,8 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
             CHECKERS[_name] = _obj
 globals().update(CHECKERS)
 
-__all__ = ["CHECKERS", "CheckFailed", "Verdict", "checker", "expect", "expect_close", "expect_tensor", *CHECKERS]
+__all__ = ["CHECKERS", "CheckFailed", "VERDICT_MIME", "Verdict", "checker", "expect", "expect_close", "expect_count",
+           "expect_grads", "expect_items", "expect_tensor", "verdicts_in", *CHECKERS]
+
+# what the checks rely on, as imported: a later reassignment (torch.softmax = ..., reference.f = ...) fails the check
+_guard.take_snapshot()

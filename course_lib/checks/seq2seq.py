@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..models import seq2seq as ref
-from ._core import CheckFailed, checker, expect, expect_close, expect_tensor
+from ._core import CheckFailed, checker, expect, expect_close, expect_grads, expect_items, expect_tensor
 
 
 def _close(a, b, atol: float = 1e-5) -> bool:
@@ -34,6 +34,7 @@ def additive_score(student) -> str:
         if out.shape != expected.shape:
             raise CheckFailed(f"e has shape {tuple(out.shape)}, expected (B, T_x) = {tuple(expected.shape)}: "
                               "one score per sentence and source position")
+        expect_tensor(out, f"e for B={B}, T_x={T}", dtype=s.dtype, device=s.device)
         no_tanh = ((s @ W.T)[:, None, :] + H @ U.T) @ v
         if _close(out, no_tanh) and not _close(out, expected):
             raise CheckFailed("your scores equal v^T (W s + U h_j) without the tanh: the non-linearity is what "
@@ -44,6 +45,9 @@ def additive_score(student) -> str:
                               "broadcast W s over T_x with [:, None, :]")
         expect_close(out, expected, f"e for B={B}, T_x={T}, d_s={d_s}, d_h={d_h}, d_a={d_a}",
                      hint="W multiplies s_{i-1}, U multiplies each h_j, v^T takes the dot product after tanh")
+    leaves = dict(zip(("s_prev", "H", "W", "U", "v"), (t.requires_grad_() for t in _score_case(g, 2, 4, 3, 5, 6)),
+                      strict=True))
+    expect_grads(student(*leaves.values()), leaves, ref.additive_score, "e")
     return "e_ij = v^T tanh(W s_{i-1} + U h_j) for every j"
 
 
@@ -55,19 +59,20 @@ def attention_context(student) -> str:
     B, T, d_h = 3, 6, 5
     e = torch.randn(B, T, generator=g) * 2
     H = torch.randn(B, T, d_h, generator=g)
-    lengths = torch.tensor([6, 4, 1])
-    mask = ref.padding_mask_from_lengths(lengths, T)
-    for case_mask, what in [(torch.zeros(B, T, dtype=torch.bool), "without padding"), (mask, "with padding")]:
-        out = student(e, H, case_mask)
-        expect(isinstance(out, (tuple, list)) and len(out) == 2,
-               f"return a pair (alpha, c), got {type(out).__name__}")
-        alpha, c = out
-        expect_tensor(alpha, f"alpha {what}", (B, T))
-        expect_tensor(c, f"c {what}", (B, d_h))
-        ref_alpha = ref.masked_softmax(e, case_mask)
-        sums = alpha.detach().sum(-1)
-        if _close(alpha, torch.softmax(e, dim=0)):
+    mask = ref.padding_mask_from_lengths(torch.tensor([6, 4, 1]), T)
+    mixed = ref.padding_mask_from_lengths(torch.tensor([2, 6, 5]), T)
+    cases = [(e, torch.zeros(B, T, dtype=torch.bool), "without padding"), (e, mask, "with padding"),
+             (e, mixed, "with other lengths"), (e * 400, mask, "with large scores (|e| ~ 1000)")]
+    for scores, case_mask, what in cases:
+        alpha, c = expect_items(student(scores, H, case_mask), 2, "attention_context")
+        expect_tensor(alpha, f"alpha {what}", (B, T), dtype=scores.dtype, device=scores.device)
+        expect_tensor(c, f"c {what}", (B, d_h), dtype=H.dtype, device=H.device)
+        ref_alpha = ref.masked_softmax(scores, case_mask)
+        if _close(alpha, torch.softmax(scores, dim=0)):
             raise CheckFailed("alpha is a softmax over the batch (dim 0); normalise over source positions j (dim -1)")
+        expect(bool(torch.isfinite(alpha).all()), f"alpha {what} contains inf/nan: exp of a large score overflows; "
+                                                  f"torch.softmax subtracts the maximum for you")
+        sums = alpha.detach().sum(-1)
         expect(torch.allclose(sums, torch.ones(B), atol=1e-4),
                f"alpha {what} should sum to 1 over j in every row, got row sums {[round(x, 4) for x in sums.tolist()]}")
         pad_weight = alpha.detach()[case_mask].abs().max().item() if case_mask.any() else 0.0
@@ -77,6 +82,9 @@ def attention_context(student) -> str:
         expect_close(alpha, ref_alpha, f"alpha {what}")
         expect_close(c, ref.context_vector(ref_alpha, H), f"c {what}",
                      hint="c_i = sum_j alpha_ij h_j: a weighted average of the annotations (torch.bmm or einsum)")
+    leaves = {"e": (e * 1.0).requires_grad_(), "H": H.clone().requires_grad_()}
+    alpha, c = expect_items(student(leaves["e"], leaves["H"], mask), 2, "attention_context")
+    expect_grads(c, leaves, lambda e_, H_: ref.attention_context(e_, H_, mask)[1], "c")
     return "weights sum to one over real positions and are zero on padding"
 
 
@@ -97,28 +105,33 @@ def decoder_step(student) -> str:
     src_len = torch.tensor([6, 3, 5])
     with torch.no_grad():
         mem = model.encode(src, src_len)
-        s_prev = mem.s0 + 0.3 * torch.randn(mem.s0.shape, generator=g)
+    for k in range(2):
+        s_prev = (mem.s0 + 0.3 * (k + 1) * torch.randn(mem.s0.shape, generator=g)).requires_grad_()
+        H = mem.H.clone().requires_grad_()
         y_prev = torch.randint(0, 9, (B,), generator=g)
-        out = student(model, y_prev, s_prev, mem.H, mem.padding_mask)
-        expect(isinstance(out, (tuple, list)) and len(out) == 3,
-               f"return a triple (logits, s_i, alpha_i), got {type(out).__name__}")
-        logits, s, alpha = out
-        exp_logits, exp_s, exp_alpha = model.decoder_step(y_prev, s_prev, mem.H, mem.padding_mask)
-        expect_tensor(logits, "logits", tuple(exp_logits.shape))
-        expect_tensor(s, "s_i", tuple(exp_s.shape))
-        expect_tensor(alpha, "alpha_i", tuple(exp_alpha.shape))
-        if not _close(alpha, exp_alpha):
-            _, late = model.attention(exp_s, mem.H, mem.padding_mask)
-            if _close(alpha, late):
-                raise CheckFailed("alpha_i was computed from the new state s_i; Bahdanau's decoder attends with "
-                                  "the previous state s_{i-1}, before the GRU update")
-            expect_close(alpha, exp_alpha, "alpha_i", hint="use model.attention(s_prev, H, padding_mask)")
-        if not _close(s, exp_s):
-            emb = model.tgt_embed(y_prev)
-            no_ctx = torch.cat([emb, torch.zeros_like(mem.H[:, 0])], -1)
-            if _close(s, model.cell(no_ctx, s_prev)):
-                raise CheckFailed("s_i ignores the context c_i: the GRU input is [E y_{i-1}; c_i]")
-            expect_close(s, exp_s, "s_i", hint="s_i = model.cell(torch.cat([E y_{i-1}, c_i], -1), s_{i-1})")
+        out = student(model, y_prev, s_prev, H, mem.padding_mask)
+        logits, s, alpha = expect_items(out, 3, "decoder_step")
+        with torch.no_grad():
+            exp_logits, exp_s, exp_alpha = model.decoder_step(y_prev, s_prev, H, mem.padding_mask)
+        expect_tensor(logits, "logits", tuple(exp_logits.shape), dtype=exp_logits.dtype, device=exp_logits.device)
+        expect_tensor(s, "s_i", tuple(exp_s.shape), dtype=exp_s.dtype)
+        expect_tensor(alpha, "alpha_i", tuple(exp_alpha.shape), dtype=exp_alpha.dtype)
+        with torch.no_grad():
+            if not _close(alpha, exp_alpha):
+                _, late = model.attention(exp_s, H, mem.padding_mask)
+                if _close(alpha, late):
+                    raise CheckFailed("alpha_i was computed from the new state s_i; Bahdanau's decoder attends "
+                                      "with the previous state s_{i-1}, before the GRU update")
+                expect_close(alpha, exp_alpha, "alpha_i", hint="use model.attention(s_prev, H, padding_mask)")
+            if not _close(s, exp_s):
+                emb = model.tgt_embed(y_prev)
+                no_ctx = torch.cat([emb, torch.zeros_like(H[:, 0])], -1)
+                if _close(s, model.cell(no_ctx, s_prev)):
+                    raise CheckFailed("s_i ignores the context c_i: the GRU input is [E y_{i-1}; c_i]")
+                expect_close(s, exp_s, "s_i", hint="s_i = model.cell(torch.cat([E y_{i-1}, c_i], -1), s_{i-1})")
         expect_close(logits, exp_logits, "logits",
                      hint="logits = model.out(torch.cat([s_i, c_i, E y_{i-1}], -1)), in that order")
+    expect_grads(logits, {"s_prev": s_prev, "H": H},
+                 lambda s_, H_: model.decoder_step(y_prev, s_, H_, mem.padding_mask)[0], "the logits",
+                 shared=dict(model.named_parameters()))
     return "one step of the attention decoder"
