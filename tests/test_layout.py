@@ -81,7 +81,7 @@ def layer(mod: str) -> tuple[str, str]:
     if top in SERVICES:
         return "service", top
     return {"tasks": "task", "models": "model", "tuning": "tuning", "checks": "checks",
-            "assignments": "assignments"}.get(top, "unknown"), leaf
+            "assignments": "assignments", "grading": "tooling"}.get(top, "unknown"), leaf
 
 
 # which kinds each kind may import (besides itself, with the extra rules below)
@@ -92,7 +92,10 @@ ALLOWED = {
     "model": {"package", "service", "task", "model"},
     "tuning": {"package", "service", "task", "model", "tuning"},
     "checks": {"package", "service", "task", "model", "tuning", "checks"},
-    "assignments": {"package"},
+    # the instructor's tools: assignments (build/check, no torch) hands grade/nbgrader to grading,
+    # which reads verdicts through checks; neither imports torch itself
+    "assignments": {"package", "tooling"},
+    "tooling": {"package", "assignments", "checks"},
 }
 
 
@@ -108,12 +111,12 @@ def violations(graph: dict[str, list[tuple[str, bool, int]]]) -> list[str]:
             top = target.split(".")[0]
             if top == "benchmarks":
                 found.append(f"{where} imports benchmarks")
-            if kind == "assignments" and top == "torch":
-                found.append(f"{where} imports torch: assignments must run without it")
+            if kind in ("assignments", "tooling") and top == "torch":
+                found.append(f"{where} imports torch: {kind} must run without it")
             if top != "course_lib" or target == mod:
                 continue
             tkind, tleaf = layer(target)
-            if tkind not in ALLOWED.get(kind, set()) | ({kind} if kind != "assignments" else set()):
+            if tkind not in ALLOWED.get(kind, set()) | {kind}:
                 found.append(f"{where}: a {kind} imports {target} (a {tkind})")
             if kind == "model" and tkind == "model" and tleaf and leaf and tleaf in MODEL_ORDER and \
                     leaf in MODEL_ORDER and MODEL_ORDER.index(tleaf) >= MODEL_ORDER.index(leaf):
@@ -193,6 +196,9 @@ def test_function_level_imports_of_course_lib_stay_in_their_layer():
     ({"course_lib.tuning.ppo": [("course_lib.checks.rlhf", False, 2)], "course_lib.checks.rlhf": []},
      "a tuning imports course_lib.checks.rlhf"),
     ({"course_lib.assignments": [("torch", True, 5)]}, "imports torch"),
+    ({"course_lib.grading": [("torch", False, 5)]}, "tooling must run without it"),
+    ({"course_lib.grading": [("course_lib.tuning.ppo", False, 5)], "course_lib.tuning.ppo": []},
+     "a tooling imports course_lib.tuning.ppo"),
     ({"course_lib.assignments": [("course_lib.train", False, 5)], "course_lib.train": []},
      "a assignments imports course_lib.train"),
     ({"course_lib.models.rnn": [("benchmarks.gpt_gpu", False, 1)]}, "imports benchmarks"),
