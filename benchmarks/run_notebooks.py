@@ -1,16 +1,26 @@
 """Execute worked notebooks headless under the current profile and time each one.
 
-    python benchmarks/run_notebooks.py [solutions/01_*.ipynb ...] [--out build]
+    python benchmarks/run_notebooks.py [solutions/01_*.ipynb ...] [--out build] [--no-html]
 
-Writes ``build/executed/*.ipynb``, ``build/html/*.html``, ``build/notebook_times.json`` (wall
-seconds per notebook, with profile and hardware) and ``build/results.md`` (the table of every
-``results.record`` made during the runs). Prints one JSON line per notebook. ``make course``
-runs it over every solution notebook.
+Writes under ``--out`` (default ``build/``): ``executed/*.ipynb``, ``html/*.html``,
+``notebook_times.json`` (wall seconds per notebook, with profile and hardware) and ``results.md``,
+the table of the ``results.record`` calls of *this run only*: the notebooks record into
+``OUT/results/``, emptied at the start (``COURSE_RESULTS_DIR`` is set for the kernels), so rows of
+another profile, of the test suite or of a student notebook never mix in. Prints one JSON line
+per notebook. ``make course`` runs it over every solution notebook.
+
+The HTML needs no network: formulas are rendered to MathML at export (latex2mathml; browsers
+draw MathML natively), and no remote script is loaded (no require.js, MathJax, mermaid or
+widget manager from a CDN); progress-bar widgets show as their text.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import html
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,23 +28,119 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# the lab template, less every block that loads a script from a CDN
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+# fenced code blocks and inline code spans: never math
+_CODE = re.compile(r"(^[ \t]*```.*?^[ \t]*```[ \t]*$|`[^`\n]+`)", re.M | re.S)
+_DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE = re.compile(r"(?<![\\$\w])\$(?=\S)([^$\n]+?)(?<=\S)(?<!\\)\$(?![\d$])")
+_TOKEN = "MATHTOKEN{:05d}X"
+
+
+def _latex_to_mathml(latex: str, display: bool) -> str:
+    from latex2mathml.converter import convert
+
+    try:
+        return convert(latex.strip(), display="block" if display else "inline")
+    except Exception:  # a formula the converter cannot read stays visible as its source
+        return f'<code class="math-source">{html.escape(latex)}</code>'
+
+
+def extract_math(markdown: str, found: list[tuple[str, bool]]) -> str:
+    """``markdown`` with every ``$$...$$`` and ``$...$`` outside code replaced by a token;
+    the (latex, display) pairs are appended to ``found`` in token order."""
+    def sub(text: str) -> str:
+        def keep(display: bool):
+            def f(m: re.Match) -> str:
+                found.append((m.group(1), display))
+                return _TOKEN.format(len(found) - 1)
+            return f
+        return _INLINE.sub(keep(False), _DISPLAY.sub(keep(True), text))
+
+    parts = _CODE.split(markdown)
+    return "".join(p if i % 2 else sub(p) for i, p in enumerate(parts))
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _widgets_as_text(nb) -> None:
+    """Replace each widget output by text: a tqdm bar (an HBox of description, progress and
+    stats) becomes its last state, read from the widget state nbclient saved; other widgets keep
+    their plain-text form. The widget state itself is dropped (it would pull a CDN script)."""
+    state = nb.metadata.pop("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+    def value(ref) -> str:
+        model = state.get(str(ref).removeprefix("IPY_MODEL_"), {}).get("state", {})
+        return html.unescape(str(model.get("value", ""))).replace("\u2007", " ").strip()  # tqdm pads with figure spaces
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW not in data:
+                continue
+            view = data.pop(WIDGET_VIEW)
+            children = state.get(view.get("model_id", ""), {}).get("state", {}).get("children", [])
+            if len(children) == 3:  # tqdm.notebook: description + percentage, bar, counts and rate
+                data["text/plain"] = f"{value(children[0])} {value(children[2])}".strip()
+
+
+def offline_html(nb) -> str:
+    """HTML of a notebook that renders offline: math as MathML, no remote script."""
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    nb = copy.deepcopy(nb)
+    _widgets_as_text(nb)
+    found: list[tuple[str, bool]] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = extract_math(cell.source, found)
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})])
+    body, _ = exporter.from_notebook_node(nb)
+    for i, (latex, display) in enumerate(found):
+        body = body.replace(_TOKEN.format(i), _latex_to_mathml(latex, display))
+    return body
+
+
+def remote_resources(page: str) -> list[str]:
+    """Every script, stylesheet, image or module import that ``page`` would fetch from the network."""
+    urls = re.findall(r"""<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)\s*=\s*["']((?:https?:)?//[^"']+)""",
+                      page, re.I)
+    urls += re.findall(r"""\bimport\b[^;'"]*?["']((?:https?:)?//[^"']+)["']""", page)
+    urls += re.findall(r"""@import\s+(?:url\()?["']?((?:https?:)?//[^"') ]+)""", page)
+    return urls
+
 
 def main(argv: list[str] | None = None) -> int:
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
-
-    from course_lib import profile, results
 
     p = argparse.ArgumentParser()
     p.add_argument("notebooks", nargs="*", type=Path)
     p.add_argument("--out", type=Path, default=ROOT / "build")
     p.add_argument("--no-html", action="store_true")
     args = p.parse_args(argv)
+    out = args.out.resolve()
     paths = args.notebooks or sorted((ROOT / "solutions").glob("*.ipynb"))
-    (args.out / "executed").mkdir(parents=True, exist_ok=True)
-    (args.out / "html").mkdir(parents=True, exist_ok=True)
-    times_path = args.out / "notebook_times.json"
+    (out / "executed").mkdir(parents=True, exist_ok=True)
+    (out / "html").mkdir(parents=True, exist_ok=True)
+    # this run's results, and only this run's: the kernels inherit COURSE_RESULTS_DIR
+    run_results = out / "results"
+    run_results.mkdir(parents=True, exist_ok=True)
+    for old in run_results.glob("*.json"):
+        old.unlink()
+    os.environ["COURSE_RESULTS_DIR"] = str(run_results)
+
+    from course_lib import profile, results
+
+    times_path = out / "notebook_times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     failed = 0
     for path in paths:
@@ -49,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             error = f"{type(e).__name__}: {str(e)[-500:]}"
             failed += 1
         seconds = time.perf_counter() - t0
-        nbformat.write(nb, args.out / "executed" / path.name)
+        nbformat.write(nb, out / "executed" / path.name)
         if not args.no_html:
-            body, _ = HTMLExporter().from_notebook_node(nb)
-            (args.out / "html" / path.with_suffix(".html").name).write_text(body, encoding="utf-8")
+            (out / "html" / path.with_suffix(".html").name).write_text(offline_html(nb), encoding="utf-8")
         entry = {"notebook": path.stem, "profile": profile.name(), "seconds": round(seconds, 1),
                  "hardware": results.hardware(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
                  "ok": error is None}
@@ -61,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         times[f"{path.stem}__{profile.name()}"] = entry
         print(json.dumps(entry), flush=True)
     times_path.write_text(json.dumps(times, indent=2) + "\n")
-    (args.out / "results.md").write_text("# Results of this run\n\n" + results.table())
+    (out / "results.md").write_text("# Results of this run\n\n" + results.table(run_results))
     return 1 if failed else 0
 
 
