@@ -25,9 +25,10 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CONDA_NAMES = {"torch": "pytorch"}  # conda-forge's name for the same package
 # import name -> distribution name, where they differ
 DIST_OF = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
-# imported, but not needed at runtime: only inside a Jupyter kernel, which brings it; or only by an
-# authoring command (assignments from-py/to-py), which says to install the dev extra
-OPTIONAL_IMPORTS = {"ipython", "jupytext"}
+# imported (inside functions), but not needed by a student's notebooks: IPython only inside a
+# Jupyter kernel, which brings it; the others only by instructor and author commands (assignments
+# from-py/to-py, grading), which run in an environment with the test or dev extra
+OPTIONAL_IMPORTS = {"ipython", "jupytext", "nbclient", "nbformat"}
 # what a student's `pip install .` must not bring
 TOOLS = {"pytest", "pytest-xdist", "nbval", "jupyterlab", "notebook", "ipywidgets", "ipykernel", "papermill",
          "jupytext", "pre-commit", "ruff", "transformers", "datasets", "nbconvert", "nbclient", "latex2mathml",
@@ -85,6 +86,8 @@ def test_runtime_dependencies_are_exactly_what_the_library_and_notebooks_import(
                 src = "".join(cell["source"])
                 imported |= _third_party_imports("\n".join(ln for ln in src.split("\n")
                                                            if not ln.lstrip().startswith(("%", "!"))))
+    extras = {_name(s) for group in PROJECT["optional-dependencies"].values() for s in group}
+    assert OPTIONAL_IMPORTS - {"ipython"} <= extras
     imported -= OPTIONAL_IMPORTS
     assert imported == _runtime(PROJECT["dependencies"]), (
         f"imported but not a runtime dependency: {imported - _runtime(PROJECT['dependencies'])}; "
@@ -177,3 +180,18 @@ def test_installed_copy_refuses_assignments_check_clearly(installed, tmp_path):
         assert out.returncode == 2, (out.stdout, out.stderr)
         assert "no solutions folder at" in out.stderr and "checkout of the course" in out.stderr
         assert "ok:" not in out.stdout
+
+
+def test_ci_tests_every_os_with_the_oldest_and_newest_python():
+    yaml = pytest.importorskip("yaml")
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    versions = [c.rsplit(":: ", 1)[1] for c in PROJECT["classifiers"] if re.fullmatch(r".*:: 3\.\d+", c)]
+    versions.sort(key=lambda v: tuple(map(int, v.split("."))))
+    assert PROJECT["requires-python"] == f">={versions[0]}"
+    matrix = ci["jobs"]["test"]["strategy"]["matrix"]
+    assert matrix["python"] == [versions[0], versions[-1]]
+    assert matrix["os"] == ["ubuntu-latest", "macos-latest", "windows-latest"]
+    triggers = ci[True] if True in ci else ci["on"]  # YAML 1.1 reads the key `on` as true
+    assert "schedule" in triggers and "pytest -m online" in (ROOT / "Makefile").read_text()
+    assert "make test-online" in ci["jobs"]["online"]["steps"][-1]["run"]
+    assert ci["jobs"]["online"]["if"].startswith("github.event_name == 'schedule'")
