@@ -9,8 +9,9 @@ minutes). Target: validation loss <= 1.47 (200-batch estimate).
 to 50,304) trained on GPT-2 tokens of Tiny Shakespeare (338k) with bf16 autocast, fused AdamW, flash
 attention (``F.scaled_dot_product_attention``) and ``torch.compile``. The first ``--skip`` steps
 (compilation) are left out of tokens/s (``fit(timing_skip=...)``). MFU = 6N + 12 L T d FLOPs per
-token (:func:`course_lib.models.gpt.flops_per_token`) times tokens/s over the GPU's dense bf16
-peak (``course_lib.train.PEAK_BF16_FLOPS``). Target: >= 40 %.
+token (:func:`course_lib.models.gpt.flops_per_token`) times tokens/s over the GPU's dense peak in
+the precision the run trains in (``course_lib.measure.PEAK_BF16_FLOPS``, bf16 from compute
+capability 8.0 on; ``PEAK_FP16_FLOPS`` for fp16 on older GPUs). Target: >= 40 %.
 
     COURSE_DATA_MIRROR=../shared/data python benchmarks/gpt_gpu.py quality mfu --out build/gpu.json
 
@@ -28,10 +29,10 @@ from pathlib import Path
 import torch
 
 from course_lib import device as _device
-from course_lib.measure import count_parameters
+from course_lib.measure import count_parameters, peak_flops_for
 from course_lib.models.gpt import GPT, GPTConfig, flops_per_token
 from course_lib.tasks.text import CharCorpus, estimate_loss, lm_loss, random_windows
-from course_lib.train import OptimConfig, fit, peak_flops_for
+from course_lib.train import OptimConfig, fit
 from course_lib.tuning import recipes
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=True,
@@ -93,10 +94,11 @@ def mfu(dev: torch.device, compile: bool, tiny: bool) -> dict:
                compile=compile, progress=False, log_every=cfg["steps"],
                tokens_per_step=cfg["batch_size"] * cfg["block_size"], flops_per_token=fpt,
                timing_skip=cfg["skip"])
-    peak = peak_flops_for(dev)
+    peak = peak_flops_for(dev, _device.autocast_policy(dev).dtype)
     mem = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     return {"part": "mfu", "config": cfg, "params": count_parameters(model), "flops_per_token": fpt,
-            "tokens_per_s": round(hist.tokens_per_s or 0.0), "peak_bf16_flops": peak,
+            "tokens_per_s": round(hist.tokens_per_s or 0.0), "peak_flops": peak,
+            "precision": str(_device.autocast_policy(dev)),
             "mfu": None if hist.mfu is None else round(hist.mfu, 4), "final_loss": round(hist.loss[-1], 4),
             "max_memory_gib": None if mem is None else round(mem, 2), "compile": compile,
             "target": {"mfu": 0.40}}

@@ -40,14 +40,20 @@ def save_training_state(path: str | os.PathLike, step: int, model: nn.Module, op
 
 
 def resume_training_state(path: str | os.PathLike | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-                          scaler: torch.amp.GradScaler | None = None) -> tuple[int, dict]:
+                          scaler: torch.amp.GradScaler | None = None, until: int | None = None) -> tuple[int, dict]:
     """Restore what :func:`save_training_state` wrote at ``path`` into ``model``, ``optimizer``,
     ``scaler`` and the random-number generators; returns ``(step, history)``, or ``(0, {})`` when
     ``path`` is None or does not exist. A checkpoint of another model is a ValueError naming the
-    file, the key and both shapes (:func:`check_state_fits`)."""
+    file, the key and both shapes (:func:`check_state_fits`). With ``until`` (the step the run
+    ends at), a checkpoint already past it is a ValueError before anything is loaded: resuming it
+    would hand back later weights that the caller's run would then save as an earlier step."""
     if path is None or not Path(path).exists():
         return 0, {}
     ck = load_checkpoint(path)
+    if until is not None and int(ck["step"]) > until:
+        raise ValueError(f"checkpoint {path} is at step {int(ck['step'])}, past this run's end at step {until}; "
+                         f"resume it with steps/stop_at >= {int(ck['step'])}, or pass resume=False (or another "
+                         f"checkpoint_path) to train from scratch")
     check_state_fits(model, ck["model"], f"checkpoint {path}")
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])

@@ -1,14 +1,17 @@
 """Device choice, autocast policy and seeding.
 
 ``get_device()`` prefers cuda > mps > cpu; ``COURSE_DEVICE`` (e.g. ``cpu`` or ``cuda:1``)
-overrides. The autocast policy is bf16 where the hardware supports it, fp16 with a GradScaler
-on older CUDA GPUs, and plain fp32 on CPU and MPS (CPU bf16 autocast is slow on laptops).
+overrides. The autocast policy is bf16 on CUDA GPUs with bf16 tensor cores (compute capability
+8.0 and up: A100, H100, the RTX 30/40 series, L4/L40), fp16 with a GradScaler on older ones (T4,
+V100: Colab's free GPU, where bf16 is only emulated and slow), and plain fp32 on CPU and MPS (CPU
+bf16 autocast is slow on laptops).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,14 +57,67 @@ class AutocastPolicy:
         return f"{name}{' + GradScaler' if self.use_grad_scaler else ''} on {self.device_type}"
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first tensor cores with bf16
+
+
 def autocast_policy(device: torch.device | str | None = None, enabled: bool = True) -> AutocastPolicy:
-    """bf16 on CUDA GPUs that support it, fp16 + GradScaler on older CUDA, fp32 elsewhere."""
+    """bf16 on CUDA GPUs of compute capability 8.0 and up, fp16 + GradScaler on older CUDA GPUs,
+    fp32 elsewhere. Decided by the capability, not ``torch.cuda.is_bf16_supported()``, which also
+    says yes where bf16 is only emulated (T4, V100)."""
     dev = torch.device(device) if device is not None else get_device()
     if not enabled or dev.type != "cuda":
         return AutocastPolicy(dev.type, None, False)
-    if torch.cuda.is_bf16_supported():
+    if tuple(torch.cuda.get_device_capability(dev)) >= BF16_MIN_CAPABILITY:
         return AutocastPolicy("cuda", torch.bfloat16, False)
     return AutocastPolicy("cuda", torch.float16, True)
+
+
+def is_compiling() -> bool:
+    """True while ``torch.compile`` traces the code: input checks that read a tensor's values on
+    the host (a device sync and a graph break) run in eager mode only."""
+    return torch.compiler.is_compiling()
+
+
+def is_compile_error(e: BaseException) -> bool:
+    """An error of torch.compile's machinery (dynamo, inductor, a missing C++ compiler or Triton)."""
+    from torch._dynamo import exc as dynamo_exc
+    from torch._inductor import exc as inductor_exc
+
+    kinds = (dynamo_exc.TorchDynamoException, inductor_exc.CppCompileError, inductor_exc.InvalidCxxCompiler,
+             getattr(dynamo_exc, "TritonUnavailableError", dynamo_exc.TorchDynamoException))
+    return isinstance(e, kinds)
+
+
+def _warn_eager(e: BaseException) -> None:
+    cause = getattr(e, "inner_exception", None) or e.__cause__ or e  # what the compiler itself raised
+    first = (str(cause).strip().splitlines() or [""])[0][:300]
+    warnings.warn(f"torch.compile failed ({type(cause).__name__}: {first}); training continues in eager mode, "
+                  f"which gives the same results, more slowly. Pass compile=False to skip the attempt.",
+                  RuntimeWarning, stacklevel=4)
+
+
+class CompiledOrEager:
+    """``torch.compile(model)`` where that works, else ``model`` itself, with one warning.
+
+    ``.model`` is what to call. Compilation is lazy, so it can also fail at the first call (or a
+    recompilation): pass that exception to :meth:`falls_back`, which switches to the eager model
+    for good (warning once) and returns True when the caller should redo the call, or returns
+    False for an error that is not compilation's, to be raised."""
+
+    def __init__(self, model: torch.nn.Module, compile: bool = True) -> None:
+        self.eager, self.model, self.compiled = model, model, False
+        if compile:
+            try:
+                self.model, self.compiled = torch.compile(model), True
+            except Exception as e:  # noqa: BLE001 -- e.g. "Windows not yet supported for torch.compile"
+                _warn_eager(e)
+
+    def falls_back(self, e: BaseException) -> bool:
+        if not (self.compiled and is_compile_error(e)):
+            return False
+        _warn_eager(e)
+        self.model, self.compiled = self.eager, False
+        return True
 
 
 def seed_everything(seed: int = 1337) -> torch.Generator:

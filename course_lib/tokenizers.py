@@ -217,6 +217,10 @@ def _bpe_pieces(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     return [ranks[p] for p in parts]
 
 
+def _encodable(text: str) -> str:  # each lone surrogate (UTF-8 cannot encode it) as U+FFFD, as tiktoken does
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 class BPETokenizer:
     """A byte-level BPE tokenizer: text -> UTF-8 bytes -> regex chunks -> merged byte sequences.
 
@@ -262,7 +266,7 @@ class BPETokenizer:
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         chunk_counts: dict[str, int] = {}
-        for m in regex.finditer(pattern, text):
+        for m in regex.finditer(pattern, _encodable(text)):
             chunk_counts[m.group()] = chunk_counts.get(m.group(), 0) + 1
         words = [list(c.encode("utf-8")) for c in chunk_counts]
         freqs = list(chunk_counts.values())
@@ -365,7 +369,7 @@ class BPETokenizer:
     def _encode_ordinary(self, text: str) -> list[int]:
         out: list[int] = []
         cache = self._cache
-        for m in self._re.finditer(text):
+        for m in self._re.finditer(_encodable(text)):
             piece = m.group().encode("utf-8")
             ids = cache.get(piece)
             if ids is None:

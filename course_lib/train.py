@@ -3,23 +3,26 @@
 The caller supplies the model, a loss function ``loss_fn(model, batch) -> scalar loss`` and the
 data; ``fit`` supplies the rest: AdamW (fused on CUDA; weight decay only on matrices), linear
 warmup + cosine learning rate, gradient accumulation and clipping, autocast per the device
-policy (``course_lib.device.autocast_policy``), optional ``torch.compile``, periodic evaluation,
-a tqdm progress bar (quiet under the smoke profile), a history for plots, tokens/s and, on CUDA
-with ``flops_per_token``, model FLOPs utilisation (MFU), and atomic checkpoints
-(:mod:`course_lib.checkpoint`) that resume exactly: a run stopped at step k and resumed ends with
-the same parameters as a run that was never interrupted (same seed, deterministic data).
+policy (``course_lib.device.autocast_policy``), optional ``torch.compile`` (falling back to eager
+mode, with one warning, where compilation fails), periodic evaluation, a tqdm progress bar (quiet
+under the smoke profile), a history for plots, tokens/s and, on CUDA with ``flops_per_token``,
+model FLOPs utilisation (MFU), and atomic checkpoints (:mod:`course_lib.checkpoint`) that resume
+exactly in eager mode: a run stopped at step k and resumed ends with the same parameters as a run
+that was never interrupted (same seed, deterministic data). A compiled run resumes to the same
+state, but its kernels may round differently from the first run's, so it is equal up to
+floating-point noise, not bit for bit. A checkpoint is never moved backwards: one already past
+this call's end is refused.
 
 Data is either a callable ``data(i) -> batch`` (``i`` counts micro-batches from 0, so the
 batch sequence is a pure function of the step and resuming is exact), or an iterable that is
 cycled (on resume its first ``k * accum_steps`` batches are skipped). The loop's pieces
 (:func:`batch_source`, :func:`accumulate_gradients`, :func:`optimizer_step`, :func:`progress_bar`,
-:class:`StepLog`, :class:`RunClock`) are reused by other loops, e.g. PPO's.
+:class:`StepLog`, and :class:`course_lib.measure.RunClock`) are reused by other loops, e.g. PPO's.
 """
 from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,19 +32,8 @@ from torch import nn
 
 from . import profile as _profile
 from .checkpoint import resume_training_state, save_training_state
-from .device import autocast_policy, get_device, synchronize
-
-# Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, for MFU. Pass ``peak_flops`` to override.
-PEAK_BF16_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "A10": 125e12, "L40": 181e12, "L4": 121e12,
-    "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
-
-
-def peak_flops_for(device: torch.device) -> float | None:
-    """The bf16 peak of a CUDA ``device`` from :data:`PEAK_BF16_FLOPS`; None elsewhere or unknown."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
+from .device import CompiledOrEager, autocast_policy, get_device
+from .measure import RunClock, time_apart
 
 
 def lr_at(step: int, *, lr: float, steps: int, warmup: int = 0, min_lr_ratio: float = 0.1) -> float:
@@ -136,6 +128,7 @@ class History:
     mfu: float | None = None
     seconds: float = 0.0  # wall clock of the run, evaluation included
     eval_seconds: float = 0.0  # of which evaluation (excluded from tokens/s)
+    checkpoint_seconds: float = 0.0  # and periodic checkpoint writes (excluded from tokens/s)
     steps_done: int = 0
     interrupted: bool = False
 
@@ -246,56 +239,29 @@ class StepLog:
             self.pending.clear()
 
 
-class RunClock:
-    """A run's wall clock, and its tokens/s clock: that one starts after ``skip`` steps
-    (compilation, allocator warm-up) and leaves evaluation time out."""
-
-    def __init__(self, device: torch.device, skip: int = 0) -> None:
-        self.device, self.skip, self.steps = device, skip, 0
-        synchronize(device)
-        self.t0 = time.perf_counter()
-        self.t_timing, self.eval_at_timing = self.t0, 0.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def step_done(self, eval_seconds: float) -> None:
-        self.steps += 1
-        if self.steps == self.skip:
-            synchronize(self.device)
-            self.t_timing, self.eval_at_timing = time.perf_counter(), eval_seconds
-
-    def finish(self, history: History, tokens_per_step: int | None = None, flops_per_token: float | None = None,
-               peak_flops: float | None = None) -> None:
-        """Set ``history.seconds``, and ``tokens_per_s`` (``tokens_per_step``: per optimizer step)
-        and, with ``flops_per_token`` and a known peak, ``mfu``."""
-        synchronize(self.device)
-        history.seconds = self.elapsed()
-        if self.steps <= self.skip:  # too short to skip anything: time the whole run
-            self.skip, self.t_timing, self.eval_at_timing = 0, self.t0, 0.0
-        counted = self.steps - self.skip
-        train_seconds = (self.t0 + history.seconds - self.t_timing) - (history.eval_seconds - self.eval_at_timing)
-        if tokens_per_step and counted and train_seconds > 0:
-            history.tokens_per_s = tokens_per_step * counted / train_seconds
-            peak = peak_flops or peak_flops_for(self.device)
-            if flops_per_token and peak:
-                history.mfu = flops_per_token * history.tokens_per_s / peak
-
-
 def evaluate_into(history: History, eval_fn: Callable[[nn.Module, int], dict[str, float]] | None,
                   model: nn.Module, run_model: nn.Module, policy: Any, step: int) -> None:
     """Run ``eval_fn(run_model, step)`` in eval mode under no_grad and autocast; record its metrics
-    and its time (``history.eval_seconds``, left out of tokens/s)."""
+    and its time (``history.eval_seconds``, left out of tokens/s; the device is synchronised before
+    the clock starts, so queued training kernels are not counted as evaluation)."""
     if eval_fn is None:
         return
-    t_eval = time.perf_counter()
-    model.eval()
-    with torch.no_grad(), policy.context():
-        metrics = {k: float(v) for k, v in eval_fn(run_model, step).items()}
-    model.train()
-    history.eval_seconds += time.perf_counter() - t_eval
+
+    def add(seconds: float) -> None:
+        history.eval_seconds += seconds
+
+    with time_apart(_device_of(model), add):
+        model.eval()
+        with torch.no_grad(), policy.context():
+            metrics = {k: float(v) for k, v in eval_fn(run_model, step).items()}
+        model.train()
     history.eval_step.append(step)
     history.eval.append(metrics)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -332,7 +298,12 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     written every ``checkpoint_every`` steps and at the end, and an existing one is resumed from
     when ``resume`` is true. ``tokens_per_step`` (tokens in one micro-batch) gives tokens/s, with
     ``flops_per_token`` MFU; ``timing_skip`` leaves the first steps of this call out of both
-    (compilation and allocator warm-up), so a benchmark reports the steady state.
+    (compilation and allocator warm-up), so a benchmark reports the steady state; evaluation and
+    periodic checkpoint writes are never counted as training time. ``compile=True`` runs the
+    steps through ``torch.compile``; where compilation fails (no compiler or Triton, an
+    unsupported platform) the step is redone in eager mode and the run continues there, with one
+    warning. A checkpoint already past this call's end (``stop_at`` or ``steps``) is a ValueError,
+    before anything is loaded: a run never rewrites a checkpoint as an earlier step.
     """
     optim = _checked(steps, accum_steps, timing_skip, optim)
     dev = torch.device(device) if device is not None else get_device()
@@ -340,32 +311,50 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     policy = autocast_policy(dev, enabled=amp)
     opt = optimizer or optim.make_optimizer(model, dev)
     scaler = torch.amp.GradScaler("cuda") if policy.use_grad_scaler else None
-    run_model = torch.compile(model) if compile else model
     eval_every = max(1, steps // 10) if eval_every is None else eval_every
-    start, saved = resume_training_state(checkpoint_path if resume else None, model, opt, scaler)
+    end = steps if stop_at is None else min(steps, stop_at)
+    start, saved = resume_training_state(checkpoint_path if resume else None, model, opt, scaler, until=end)
+    runner = CompiledOrEager(model, compile)
     history = History(**saved)
     next_batch = batch_source(data, skip=start * accum_steps)
-    evaluate = lambda step: evaluate_into(history, eval_fn, model, run_model, policy, step)
+    evaluate = lambda step: evaluate_into(history, eval_fn, model, runner.model, policy, step)
 
     def save(step: int) -> None:
         if checkpoint_path is not None:
             save_training_state(checkpoint_path, step, model, opt, scaler, history.checkpointed())
 
-    end = steps if stop_at is None else min(steps, stop_at)
+    def save_periodic(step: int) -> None:  # timed apart from training
+        with time_apart(dev, lambda s: setattr(history, "checkpoint_seconds", history.checkpoint_seconds + s)):
+            save(step)
+
     bar = progress_bar(end, initial=start, desc="train", enabled=progress)
     log = StepLog()
     model.train()
-    clock = RunClock(dev, skip=timing_skip)
+    clock = RunClock(dev, skip=timing_skip, dtype=policy.dtype)
     step = start
     try:
         for step in range(start, end):
             cur_lr = optim.lr_at(step, steps)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-            loss = accumulate_gradients(run_model, loss_fn, next_batch, step * accum_steps, accum_steps, dev,
-                                        policy, scaler)
+            fetched: dict[int, Any] = {}  # this step's micro-batches, kept so that the step can be redone
+
+            def batch(i: int) -> Any:
+                if i not in fetched:
+                    fetched[i] = next_batch(i)
+                return fetched[i]
+
+            try:
+                loss = accumulate_gradients(runner.model, loss_fn, batch, step * accum_steps, accum_steps, dev,
+                                            policy, scaler)
+            except Exception as e:
+                if not runner.falls_back(e):
+                    raise
+                opt.zero_grad(set_to_none=True)
+                loss = accumulate_gradients(model, loss_fn, batch, step * accum_steps, accum_steps, dev, policy,
+                                            scaler)
             grad_norm = optimizer_step(model, opt, scaler, optim.grad_clip)
-            clock.step_done(history.eval_seconds)
+            clock.step_done(history.eval_seconds + history.checkpoint_seconds)
             done = step + 1
             log.add(done, loss, grad_norm, cur_lr)
             if done % log_every == 0 or done == end:
@@ -377,7 +366,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
             if done % eval_every == 0 or done == end:
                 evaluate(done)
             if checkpoint_every and done % checkpoint_every == 0 and done != end:
-                save(done)
+                save_periodic(done)
             if max_seconds is not None and clock.elapsed() > max_seconds:
                 end = done
                 if not history.eval_step or history.eval_step[-1] != done:
@@ -393,5 +382,6 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     log.flush(history)
     history.steps_done = step
     clock.finish(history, tokens_per_step * accum_steps if tokens_per_step else None, flops_per_token, peak_flops)
-    save(step)
+    if step != start:  # nothing trained (a finished run resumed at its end): the checkpoint is already this state
+        save(step)
     return history

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import check_state_fits
-from .transformer import Block, KVCache
+from ..device import is_compiling
+from .transformer import Block, KVCache, block_param_count
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the two residual output
-        projections of each block scaled by 1/sqrt(2 L) so the residual stream's variance does
-        not grow with depth."""
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, LayerNorm gains 1 and shifts 0,
+        and the two residual output projections of each block scaled by 1/sqrt(2 L) so the residual
+        stream's variance does not grow with depth. Every parameter is re-drawn or reset: the model
+        afterwards is a freshly initialised one, whatever it learned before."""
         if self.wte.weight.device.type == "meta":
             return
         for m in self.modules():
@@ -99,6 +101,8 @@ class GPT(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
         std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for blk in self.blocks:
             nn.init.normal_(blk.attn.proj.weight, 0.0, std)
@@ -147,10 +151,12 @@ class GPT(nn.Module):
                              f"length block_size={c.block_size}; crop the input (generate(..., slide=True) "
                              f"does that for you)")
         if embeds is None:
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= c.vocab_size:
-                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got ids in [{lo}, {hi}]")
-            embeds = self.wte(idx)
+            # the range check reads values on the host: eager mode only (under torch.compile it would
+            # split the graph and, on a GPU, wait for the device), one sync when nothing is wrong
+            if not is_compiling() and bool(((idx < 0) | (idx >= c.vocab_size)).any()):
+                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got ids in "
+                                 f"[{int(idx.min())}, {int(idx.max())}]")
+            embeds = self.wte(idx if idx.dtype in (torch.long, torch.int) else idx.long())  # uint8/int16 too
         pos = torch.arange(past, past + n, device=embeds.device)
         x = self.drop(embeds + self.wpe(pos))
         for i, blk in enumerate(self.blocks):
@@ -170,9 +176,10 @@ class GPT(nn.Module):
 
 def param_count(config: GPTConfig) -> int:
     """The closed form: V d + n_ctx d (embeddings) + L (12 d^2 + 13 d) (blocks) + 2 d (final LN),
-    plus V d more when the LM head is not tied (all with biases, MLP ratio 4)."""
+    plus V d more when the LM head is not tied (MLP ratio 4). Without biases a block has
+    12 d^2 + 2 d (the two LayerNorms keep only their gains) and the final LayerNorm d."""
     V, T, L, d = config.vocab_size, config.block_size, config.n_layer, config.n_embd
-    per_block = 12 * d * d + 13 * d if config.bias else 12 * d * d + 4 * d
+    per_block = block_param_count(d, 4.0, config.bias)  # 12 d^2 + 13 d, or 12 d^2 + 2 d without biases
     total = V * d + T * d + L * per_block + (2 * d if config.bias else d)
     return total if config.tie_weights else total + V * d
 

@@ -17,9 +17,11 @@ from .gpt import GPT, GPTConfig
 _HF_SKIP = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 
 
-def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor], tie_weights: bool = True) -> dict[str, torch.Tensor]:
     """Rename a Hugging Face GPT-2 state dict to ours. HF stores its linear layers as ``Conv1D``
-    with weights (in, out), so those are transposed; the LM head is tied and not stored."""
+    with weights (in, out), so those are transposed. With ``tie_weights`` (GPT-2's
+    ``tie_word_embeddings``, true for OpenAI's models) the LM head is the token table; otherwise
+    the checkpoint's own ``lm_head.weight`` is kept."""
     out: dict[str, torch.Tensor] = {}
     transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     rename = {"ln_1": "ln1", "ln_2": "ln2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
@@ -41,7 +43,12 @@ def hf_gpt2_to_ours(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[k] = t
         else:
             raise ValueError(f"unexpected key {key!r} in a GPT-2 checkpoint")
-    if "wte.weight" in out:
+    if not tie_weights:
+        head = hf_state.get("lm_head.weight")
+        if head is None:
+            raise ValueError("the checkpoint's config says tie_word_embeddings=False, but it holds no lm_head.weight")
+        out["lm_head.weight"] = head
+    elif "wte.weight" in out:
         out["lm_head.weight"] = out["wte.weight"]
     return out
 
@@ -57,7 +64,8 @@ def config_from_hf(hf_config: dict) -> GPTConfig:
     if inner not in (None, 4 * hf_config["n_embd"]):
         raise ValueError(f"our GPT has an MLP of 4 * n_embd = {4 * hf_config['n_embd']}, checkpoint has {inner}")
     return GPTConfig(vocab_size=hf_config["vocab_size"], block_size=hf_config["n_positions"],
-                     n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"])
+                     n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
+                     tie_weights=bool(hf_config.get("tie_word_embeddings", True)))
 
 
 def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None = None,
@@ -75,7 +83,7 @@ def from_hf_checkpoint(folder: str | Path | None = None, *, config: dict | None 
     if config is None or weights is None:
         raise ValueError("give a checkpoint folder, or both config (dict) and weights (path)")
     model = GPT(config_from_hf(config))
-    state = hf_gpt2_to_ours(load_file(str(weights)))
+    state = hf_gpt2_to_ours(load_file(str(weights)), tie_weights=model.config.tie_weights)
     model.load_state_dict_checked(state, where=f"GPT-2 checkpoint {weights}")
     return model.eval()
 

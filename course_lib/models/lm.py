@@ -33,9 +33,12 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"):
-    keep the smallest set of most likely tokens whose probabilities sum to at least p."""
+    keep the smallest set of most likely tokens whose probabilities sum to at least p. ``p = 1``
+    keeps every token (the logits unchanged: a float cumulative sum can reach 1 before the tail)."""
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    if p >= 1.0:
+        return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above

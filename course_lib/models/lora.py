@@ -21,7 +21,12 @@ from torch import nn
 
 
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable rank-``r`` update scaled by ``alpha / r``."""
+    """A frozen ``nn.Linear`` plus a trainable rank-``r`` update scaled by ``alpha / r``.
+
+    It offers ``nn.Linear``'s interface (``in_features``, ``out_features``, ``weight``, ``bias``),
+    so code that reads those keeps working; code that wants the adapted function should call the
+    module (as :class:`course_lib.models.transformer.MultiHeadAttention` does for any ``qkv`` that
+    is not a plain ``nn.Linear``), which also applies the adapter's dropout."""
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__()
@@ -52,6 +57,10 @@ class LoRALinear(nn.Module):
     def weight(self) -> torch.Tensor:  # the weight the layer applies, for code that reads .weight
         return self.base.weight + self.delta_weight()
 
+    @property
+    def bias(self) -> torch.Tensor | None:  # LoRA adapts the weight only; the bias is the base layer's
+        return self.base.bias
+
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.lora_B @ self.lora_A)
 
@@ -59,13 +68,17 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * ((self.dropout(x) @ self.lora_A.T) @ self.lora_B.T)
 
     def merged(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with W + (alpha / r) B A: the same function, no extra cost."""
+        """A plain ``nn.Linear`` with W + (alpha / r) B A: the same function, no extra cost. Its
+        parameters train exactly when the base layer's did (frozen after :func:`add_lora`)."""
         out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None,
                         device=self.base.weight.device, dtype=self.base.weight.dtype)
         with torch.no_grad():
             out.weight.copy_(self.base.weight + self.delta_weight())
             if self.base.bias is not None:
                 out.bias.copy_(self.base.bias)
+        out.weight.requires_grad_(self.base.weight.requires_grad)
+        if self.base.bias is not None:
+            out.bias.requires_grad_(self.base.bias.requires_grad)
         return out
 
     def extra_repr(self) -> str:
@@ -91,7 +104,8 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, targets: tuple[s
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear``; returns how many."""
+    """Replace every :class:`LoRALinear` in ``model`` by its merged ``nn.Linear`` (as frozen as the
+    base layer it wrapped, like the rest of the model); returns how many."""
     n = 0
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):

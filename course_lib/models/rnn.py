@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from ..device import is_compiling
+
 CELLS = ("rnn", "gru", "lstm")
 
 
@@ -170,13 +172,16 @@ class RNNLanguageModel(nn.Module):
             raise ValueError(f"x must be a (B, T) tensor of token ids (torch.long), got {got}")
         if x.shape[1] == 0 or x.shape[0] == 0:
             raise ValueError(f"x is empty, shape {_shape(x)}; need B >= 1 and T >= 1")
-        lo, hi = int(x.min()), int(x.max())
-        if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
+        # reading the values syncs with the device and splits a compiled graph: eager mode only
+        if not is_compiling() and bool(((x < 0) | (x >= self.vocab_size)).any()):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got values in "
+                             f"[{int(x.min())}, {int(x.max())}]")
 
-    def forward_with_state(self, x: torch.Tensor, state=None):
-        """(logits (B, T, V), state): the state is h (n_layers, B, H), or (h, c) for the LSTM."""
-        self._check_ids(x)
+    def forward_with_state(self, x: torch.Tensor, state=None, *, checked: bool = True):
+        """(logits (B, T, V), state): the state is h (n_layers, B, H), or (h, c) for the LSTM.
+        ``checked=False`` skips the check of ``x`` (for ids the model itself just sampled)."""
+        if checked:
+            self._check_ids(x)
         out, state = self.rnn(self.embed(x), state)
         return self.head(self.drop(out)), state
 
@@ -239,7 +244,8 @@ def generate(model: RNNLanguageModel, prompt: torch.Tensor, n_new: int, temperat
              generator: torch.Generator | None = None, sampler=None) -> torch.Tensor:
     """Continue ``prompt`` (B, T0) by ``n_new`` sampled tokens, carrying the recurrent state.
 
-    The prompt is read once; then each new token costs one recurrent step. ``sampler(logits,
+    The prompt is read (and its ids checked) once; then each new token costs one recurrent step,
+    with no check of the ids the model just sampled (that would wait for the device). ``sampler(logits,
     temperature, generator)`` defaults to :func:`sample_with_temperature`.
     Returns (B, T0 + n_new) ids.
     """
@@ -255,7 +261,7 @@ def generate(model: RNNLanguageModel, prompt: torch.Tensor, n_new: int, temperat
     for _ in range(n_new):
         nxt = sampler(logits[:, -1], temperature, generator).reshape(-1, 1).to(prompt.dtype)
         out.append(nxt)
-        logits, state = model.forward_with_state(nxt, state)
+        logits, state = model.forward_with_state(nxt, state, checked=False)  # sampled: valid ids
     model.train(was_training)
     return torch.cat(out, dim=1)
 

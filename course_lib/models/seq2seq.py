@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..device import is_compiling
+
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
@@ -71,8 +73,11 @@ def padding_mask_from_lengths(lengths: torch.Tensor, max_len: int | None = None)
     return torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
 
 
-def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha_ij = softmax_j(e_ij) over the real positions; exactly 0 where ``padding_mask`` is True."""
+def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                   check_rows: bool = True) -> torch.Tensor:
+    """alpha_ij = softmax_j(e_ij) over the real positions; exactly 0 where ``padding_mask`` is True.
+    A row that is all padding is a ValueError; ``check_rows=False`` skips that check (it reads the
+    mask on the host, a device sync) for a mask known to be valid, e.g. the decoder's at every step."""
     if e.dim() != 2:
         raise ValueError(f"scores e must have shape (B, T_x), got {_shape(e)}")
     if padding_mask is None:
@@ -80,7 +85,7 @@ def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None) ->
     if padding_mask.dtype != torch.bool or _shape(padding_mask) != _shape(e):
         raise ValueError(f"padding_mask must be a bool tensor of shape {_shape(e)} (True = padding), "
                          f"got {padding_mask.dtype} {_shape(padding_mask)}")
-    if bool(padding_mask.all(dim=-1).any()):
+    if check_rows and not is_compiling() and bool(padding_mask.all(dim=-1).any()):
         raise ValueError("a row of padding_mask is all padding: an empty source sequence has nothing to attend to")
     return torch.softmax(e.masked_fill(padding_mask, float("-inf")), dim=-1)
 
@@ -132,13 +137,13 @@ class AdditiveAttention(nn.Module):
         return H @ self.U.T
 
     def forward(self, s_prev: torch.Tensor, H: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                keys: torch.Tensor | None = None, check_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if keys is None:
             return bahdanau_attention(s_prev, H, self.W, self.U, self.v, padding_mask)
         if s_prev.dim() != 2 or _shape(keys) != (*_shape(H)[:2], self.W.size(0)):
             raise ValueError(f"keys must have shape {(*_shape(H)[:2], self.W.size(0))}, got {_shape(keys)}")
         e = torch.tanh((s_prev @ self.W.T)[:, None, :] + keys) @ self.v
-        alpha = masked_softmax(e, padding_mask)
+        alpha = masked_softmax(e, padding_mask, check_rows=check_rows)
         return context_vector(alpha, H), alpha
 
 
@@ -219,16 +224,17 @@ class Seq2Seq(nn.Module):
     # -- one decoder step -----------------------------------------------------------------------
     def decoder_step(self, y_prev: torch.Tensor, s_prev: torch.Tensor, H: torch.Tensor,
                      padding_mask: torch.Tensor | None = None, *, keys: torch.Tensor | None = None,
-                     context: torch.Tensor | None = None
+                     context: torch.Tensor | None = None, check_rows: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits (B, V), s_i (B, d_s), alpha_i (B, T_x) or None) from y_{i-1} (B,) and s_{i-1}.
 
         With attention: c_i from s_{i-1} and H; without: ``context`` is the fixed c.
+        ``check_rows=False`` trusts ``padding_mask`` (see :func:`masked_softmax`).
         """
         if y_prev.dim() != 1 or s_prev.dim() != 2 or y_prev.size(0) != s_prev.size(0):
             raise ValueError(f"y_prev must be (B,) ids and s_prev (B, d_s); got {_shape(y_prev)} and {_shape(s_prev)}")
         if self.attention is not None:
-            c, alpha = self.attention(s_prev, H, padding_mask, keys=keys)
+            c, alpha = self.attention(s_prev, H, padding_mask, keys=keys, check_rows=check_rows)
         else:
             if context is None:
                 raise ValueError("a model without attention needs the fixed context (B, d_h) in context=")
@@ -239,8 +245,10 @@ class Seq2Seq(nn.Module):
         return logits, s, alpha
 
     def step(self, y_prev: torch.Tensor, s_prev: torch.Tensor, memory: Memory):
+        """One decoder step reading ``memory`` (from :meth:`encode`, which checked every source has a
+        real token, so the mask is not re-checked at each step: no device sync per step)."""
         return self.decoder_step(y_prev, s_prev, memory.H, memory.padding_mask, keys=memory.keys,
-                                 context=memory.context)
+                                 context=memory.context, check_rows=False)
 
     # -- training forward -----------------------------------------------------------------------
     def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor,

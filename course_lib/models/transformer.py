@@ -143,10 +143,14 @@ class MultiHeadAttention(nn.Module):
         else:
             if context.dim() != 3 or context.size(-1) != d or context.size(0) != B:
                 raise ValueError(f"context must have shape ({B}, n_keys, {d}), got {tuple(context.shape)}")
-            w_q, w_kv = self.qkv.weight.split([d, 2 * d])
-            b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
-            q = F.linear(x, w_q, b_q)
-            k, v = F.linear(context, w_kv, b_kv).split(d, dim=-1)
+            if type(self.qkv) is nn.Linear:  # W_Q on the queries, W_K and W_V on the context only
+                w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+                b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
+                q = F.linear(x, w_q, b_q)
+                k, v = F.linear(context, w_kv, b_kv).split(d, dim=-1)
+            else:  # any other module (a LoRA adapter, say) is called as the module it is
+                q = self.qkv(x)[..., :d]
+                k, v = self.qkv(context)[..., d:].split(d, dim=-1)
         q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))
         if kv_cache is not None:
             if context is not None:
@@ -154,9 +158,10 @@ class MultiHeadAttention(nn.Module):
             k, v = kv_cache.append(k, v)
         nk = k.size(2)
         mask = _combine_masks(attn_mask, key_padding_mask, B, self.n_heads, n, nk)
-        # A plain causal square map lets SDPA pick its fused (flash / memory-efficient) kernels.
+        # A plain causal square map lets SDPA pick its fused (flash / memory-efficient) kernels. One
+        # new token after a cache may see every key: no mask at all, which keeps those kernels too.
         fused_causal = causal and mask is None and nk == n and not return_weights
-        if causal and not fused_causal:
+        if causal and not fused_causal and n > 1:
             cm = causal_mask(n, x.device)[None, None] if nk == n else \
                 torch.ones(n, nk, dtype=torch.bool, device=x.device).tril(nk - n)[None, None]
             mask = cm if mask is None else mask & cm
