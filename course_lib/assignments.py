@@ -162,9 +162,10 @@ def colab_badge(repo: str, path: str) -> str:
 def install_guard(source: str, drive: str = COLAB_DRIVE) -> str:
     """The first lines of every ``parameters`` cell. Where ``course_lib`` is not importable
     (Colab, a bare kernel) they pip-install the course from ``source`` (``git+<repository>@main``)
-    into the kernel's own Python and, when Google Drive is mounted at ``drive``, keep the data
-    cache and trained artifacts there so they outlive the session. Where ``course_lib`` imports
-    (a checkout set up with ``make``, a ``pip install``), they do nothing."""
+    into the kernel's own Python. Where Google Drive is mounted at ``drive`` (Colab only; also
+    after a runtime restart, when the course is already installed) they keep the data cache and
+    the trained artifacts there, so that they outlive the session. In a checkout set up with
+    ``make``, or after a ``pip install``, they do nothing."""
     # no assignment at the cell's top level but the parameters: papermill reads every `NAME = ...`
     # line of the cell (indented ones too) as a parameter
     return "\n".join([
@@ -174,10 +175,9 @@ def install_guard(source: str, drive: str = COLAB_DRIVE) -> str:
         '    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",',
         f"                    {json.dumps(source)}], check=True)",
         "    importlib.invalidate_caches()",
-        f"    if os.path.isdir({json.dumps(drive)}):  # Drive mounted: data and trained models outlive the session",
-        f'        os.environ.setdefault("COURSE_DATA_DIR", {json.dumps(drive + "/llm-course")})',
-        f'    print("installed the course from {source}; data cache:",',
-        '          os.environ.get("COURSE_DATA_DIR", "~/.cache/llm-course"))',
+        f'    print("installed the course from {source}")',
+        f"if os.path.isdir({json.dumps(drive)}):  # Colab, Drive mounted: data and trained models outlive the session",
+        f'    os.environ.setdefault("COURSE_DATA_DIR", {json.dumps(drive + "/llm-course")})',
     ])
 
 

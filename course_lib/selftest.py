@@ -11,8 +11,10 @@ course's results are only as good as the device, so notebook 00 runs :func:`run`
 Each check computes the same thing twice from the same inputs, on ``device`` and on the CPU
 (in float64 where that is the reference), and compares them by relative error
 ``||x - x_ref|| / ||x_ref||``: a matmul (plain and of a transposed, non-contiguous view), a
-softmax of large scores, and a few AdamW training steps of a small MLP with LayerNorm and GELU
-(the losses of every step and the final weights). The default tolerance, 1e-2, admits TF32 and
+batched linear layer, Adam's in-place ``addcdiv_`` on a transposed view, a softmax of large
+scores, and a few AdamW training steps of a small MLP with LayerNorm and GELU (the losses of
+every step, the final weights and the update). The linear layer and ``addcdiv_`` cases are the
+shapes of two silent MPS bugs reported to PyTorch (#109457, #118115). The default tolerance, 1e-2, admits TF32 and
 reduced-precision reductions (errors near 1e-3) and catches the failures seen in practice
 (errors of order one, NaN, weights that did not move).
 """
@@ -67,7 +69,7 @@ class SelfTestReport:
     def __str__(self) -> str:
         lines = [f"device self-test on {self.device} (relative error vs the CPU; tolerance {self.tolerance:g}):"]
         for c in self.checks:
-            lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:34s} {c.error:.2e}")
+            lines.append(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:40s} {c.error:.2e}")
         lines.append(("OK: " if self.ok else "WARNING: ") + self.verdict())
         return "\n".join(lines)
 
@@ -145,6 +147,16 @@ def run(device: torch.device | str | None = None, *, steps: int = 5, tolerance: 
     with _full_float32():
         add("matmul", relative_error(a.t().contiguous().to(device, dtype) @ b.to(device, dtype), ref))
         add("matmul of a transposed view", relative_error(a.to(device, dtype).t() @ b.to(device, dtype), ref))
+        # a batched linear layer: MPS once went wrong past batch size 8 (pytorch/pytorch#109457)
+        x, w = torch.randn(12, 64, 256, generator=g), torch.randn(1024, 256, generator=g) / 16
+        add("linear layer, batch of 12", relative_error(nn.functional.linear(x.to(device, dtype), w.to(device, dtype)),
+                                                        x.double() @ w.double().t()))
+        # Adam's in-place addcdiv_ on a transposed view (pytorch/pytorch#118115: silently wrong on MPS)
+        p0, num, den = (torch.rand(3, 5, generator=g) + 0.5 for _ in range(3))
+        on_device = p0.clone().to(device, dtype).t()  # a copy even on the CPU: it is changed in place
+        on_device.addcdiv_(num.to(device, dtype).t(), den.to(device, dtype).t(), value=-0.1)
+        add("in-place addcdiv_ on a transposed view", relative_error(
+            on_device, p0.double().t().addcdiv(num.double().t(), den.double().t(), value=-0.1)))
         scores = torch.randn(32, 100, generator=g) * 30  # large scores: an unstable softmax overflows
         add("softmax of large scores", relative_error(torch.softmax(scores.to(device, dtype), dim=-1),
                                                       torch.softmax(scores.double(), dim=-1)))
