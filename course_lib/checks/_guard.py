@@ -4,7 +4,7 @@
   them); the checker's originals stay pristine, so expected answers never see a mutation. After
   the call the copies are compared with the originals, and a module argument (a ``Block``, a
   model) with a snapshot of its state and plain attributes: any change is reported as such.
-* **Time limit.** Each call gets :data:`TIME_LIMIT` seconds (``COURSE_CHECK_TIME_LIMIT``,
+* **Time limit** (:mod:`~course_lib.checks._clock`). Each call gets ``_clock.TIME_LIMIT`` seconds (``COURSE_CHECK_TIME_LIMIT``,
   default 10). On Linux and macOS, in the main thread (where a Jupyter kernel runs cells), a
   ``SIGALRM`` timer raises inside the student's code: the loop really stops, and the code runs on
   the kernel's own thread with its thread-local torch state (grad mode, autocast). Where there is
@@ -14,7 +14,7 @@
   verdict says "took longer than N s" and the cell continues.
 * **Exits.** ``SystemExit`` (``sys.exit()``, ``exit()``) fails the check; ``KeyboardInterrupt``
   still stops the cell.
-* **Patches.** :func:`take_snapshot` records, when ``course_lib.checks`` is imported, every
+* **Patches** (:mod:`~course_lib.checks._patches`). :func:`take_snapshot` records, when ``course_lib.checks`` is imported, every
   function and class of torch, ``torch.nn.functional``, the tensor methods, ``torch.nn``'s modules
   and course_lib's modules. Before and after each call the checker verifies that none was
   reassigned (``torch.softmax = mine``, ``reference.attention_weights = mine``): expected answers
@@ -24,20 +24,16 @@
 """
 from __future__ import annotations
 
-import ctypes
 import inspect
-import math
-import os
-import signal
 import sys
-import threading
-import time
-import types
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import _clock
+from ._patches import patched, take_snapshot  # noqa: F401  (take_snapshot: called by checks/__init__)
 
 
 class CheckFailed(Exception):
@@ -64,165 +60,6 @@ class StudentError(Exception):
     def __init__(self, original: BaseException):
         super().__init__(f"{type(original).__name__}: {original}")
         self.original = original
-
-
-class _TimeLimit(BaseException):  # a BaseException, so that `except Exception` in student code lets it through
-    pass
-
-
-def _limit_from_env() -> float:
-    try:
-        value = float(os.environ.get("COURSE_CHECK_TIME_LIMIT", "10"))
-    except ValueError:
-        return 10.0
-    return value if value > 0 and math.isfinite(value) else 10.0
-
-
-TIME_LIMIT = _limit_from_env()
-METHOD = "auto"  # "auto" | "signal" | "thread" (tests force each)
-
-
-# ---------------------------------------------------------------------------------------------
-# Time limits
-# ---------------------------------------------------------------------------------------------
-
-def _use_signal() -> bool:
-    if METHOD == "thread":
-        return False
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-def _call_with_signal(fn: Callable, args: tuple, kwargs: dict, limit: float):
-    state = {"armed": True}
-
-    def on_alarm(signum, frame):
-        if state["armed"]:
-            raise _TimeLimit()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    # re-fires every 0.25 s after expiry, in case the student's code swallows the first one
-    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, limit, 0.25)
-    start = time.monotonic()
-    try:
-        return fn(*args, **kwargs)
-    except _TimeLimit:
-        raise CheckTimeout(f"your function took longer than {limit:g} s (stopped); look for a loop that never "
-                           f"ends (a while loop whose condition never changes)") from None
-    finally:
-        state["armed"] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_delay > 0:  # someone else's timer (e.g. pytest-timeout) was running: give it back
-            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
-
-
-def _inject(thread: threading.Thread, exc: type[BaseException]) -> None:
-    """Raise ``exc`` in ``thread`` at its next bytecode (CPython; best effort)."""
-    try:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
-    except Exception:
-        pass
-
-
-def _call_in_thread(fn: Callable, args: tuple, kwargs: dict, limit: float):
-    box: dict = {}
-    grad = torch.is_grad_enabled()
-
-    def target():
-        try:
-            with torch.set_grad_enabled(grad):
-                box["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=target, name="course-check", daemon=True)
-    worker.start()
-    deadline = time.monotonic() + limit
-    try:
-        while worker.is_alive() and time.monotonic() < deadline:
-            worker.join(min(0.05, max(deadline - time.monotonic(), 0.0)))  # short joins: Ctrl-C gets through
-    except KeyboardInterrupt:
-        _inject(worker, _TimeLimit)
-        raise
-    if worker.is_alive():
-        _inject(worker, _TimeLimit)
-        worker.join(0.5)
-        left = " (it is still running in the background)" if worker.is_alive() else " (stopped)"
-        raise CheckTimeout(f"your function took longer than {limit:g} s{left}; look for a loop that never ends")
-    if "error" in box:
-        err = box["error"]
-        if isinstance(err, _TimeLimit):
-            raise CheckTimeout(f"your function took longer than {limit:g} s (stopped)")
-        raise err
-    return box.get("value")
-
-
-def call_with_limit(fn: Callable, args: tuple = (), kwargs: dict | None = None, limit: float | None = None):
-    """``fn(*args, **kwargs)`` with a wall-clock limit; raises :class:`CheckTimeout` past it."""
-    limit = TIME_LIMIT if limit is None else limit
-    if _use_signal():
-        return _call_with_signal(fn, args, kwargs or {}, limit)
-    return _call_in_thread(fn, args, kwargs or {}, limit)
-
-
-# ---------------------------------------------------------------------------------------------
-# Patch detection
-# ---------------------------------------------------------------------------------------------
-
-_SNAPSHOT: list[tuple[str, object, dict, frozenset]] = []
-
-
-def _watched(value) -> bool:
-    return callable(value) or isinstance(value, types.ModuleType)
-
-
-def take_snapshot() -> None:
-    """Record the functions and classes the checks rely on (called once, when checks is imported)."""
-    owners: list[tuple[str, object]] = [("torch", torch), ("torch.nn.functional", F), ("torch.Tensor", torch.Tensor),
-                                        ("torch.linalg", torch.linalg), ("torch.special", torch.special),
-                                        ("math", math)]
-    base = getattr(torch._C, "TensorBase", None) or getattr(torch._C, "_TensorBase", None)
-    if base is not None:
-        owners.append(("torch.Tensor", base))
-    owners += [(f"torch.nn.{k}", v) for k, v in vars(nn).items() if inspect.isclass(v)]
-    for name, module in sorted(sys.modules.items()):
-        if module is None or not (name == "course_lib" or name.startswith("course_lib.")):
-            continue
-        owners.append((name, module))
-        owners += [(f"{name}.{k}", v) for k, v in vars(module).items()
-                   if inspect.isclass(v) and getattr(v, "__module__", "") == name]
-    _SNAPSHOT[:] = [(label, owner, {k: v for k, v in vars(owner).items() if _watched(v)}, frozenset(vars(owner)))
-                    for label, owner in owners]
-
-
-_TORCH_DIR = os.path.dirname(torch.__file__)
-
-
-def _torch_wrapper_of(new, old) -> bool:
-    """True when ``new`` is torch's own wrapper around ``old`` (importing torch._dynamo wraps
-    torch.manual_seed, for one): a ``__wrapped__`` chain ending at ``old`` whose wrappers' code
-    all lives inside the torch package."""
-    for _ in range(5):
-        code = getattr(new, "__code__", None)
-        if code is None or not os.path.abspath(code.co_filename).startswith(_TORCH_DIR):
-            return False
-        new = getattr(new, "__wrapped__", None)
-        if new is old:
-            return True
-    return False
-
-
-def patched() -> list[str]:
-    """Names reassigned or deleted since :func:`take_snapshot`, and names added to a class that shadow
-    a base class's (``torch.Tensor.softmax = mine``); empty when nothing was touched."""
-    bad = []
-    for label, owner, snap, keys in _SNAPSHOT:
-        now = vars(owner)
-        bad += [f"{label}.{k}" for k, v in snap.items() if now.get(k) is not v and not _torch_wrapper_of(now.get(k), v)]
-        if isinstance(owner, type) and len(now) != len(keys):
-            bad += [f"{label}.{k}" for k, v in now.items() if k not in keys and _watched(v)
-                    and any(k in vars(b) for b in owner.__mro__[1:])]
-    return sorted(set(bad))
 
 
 def assert_unpatched() -> None:
@@ -275,6 +112,36 @@ class _Tripwires:
             else:
                 delattr(owner, attr)
         self.saved.clear()
+        return False
+
+
+class _ExitTrap:
+    """In a Jupyter kernel, ``exit()`` and ``quit()`` do not raise: they ask the kernel to shut down
+    after the cell. During the student's call they raise SystemExit instead, which fails the check."""
+
+    def __enter__(self):
+        ipython = sys.modules.get("IPython")
+        self.shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+        if self.shell is not None and hasattr(self.shell, "ask_exit"):
+            self.own = vars(self.shell).get("ask_exit")  # an instance attribute to put back, if any
+            self.keep = getattr(self.shell, "keepkernel_on_exit", None)
+
+            def ask_exit():
+                raise SystemExit("exit()")
+
+            self.shell.ask_exit = ask_exit
+        else:
+            self.shell = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.shell is not None:
+            if self.own is not None:
+                self.shell.ask_exit = self.own
+            else:
+                del self.shell.ask_exit
+            if self.keep is not None:
+                self.shell.keepkernel_on_exit = self.keep
         return False
 
 
@@ -399,10 +266,12 @@ class Student:
         modules = {i: _module_state(a) for i, a in enumerate(args) if isinstance(a, nn.Module)}
         self.calls += 1
         try:
-            with _Tripwires(self.forbid) as wires:
-                out = call_with_limit(self.fn, copies, kw_copies)
+            with _Tripwires(self.forbid) as wires, _ExitTrap():
+                out = _clock.call_with_limit(self.fn, copies, kw_copies)
         except (CheckFailed, KeyboardInterrupt, NotImplementedError):
             raise
+        except _clock.TimedOut as e:
+            raise CheckTimeout(str(e)) from None
         except SystemExit as e:
             raise GuardFailure(f"your code called sys.exit({e.code!r}) (or exit()), which would end the kernel; "
                                f"return a value instead", "exit") from None
