@@ -4,21 +4,22 @@
   them); the checker's originals stay pristine, so expected answers never see a mutation. After
   the call the copies are compared with the originals, and a module argument (a ``Block``, a
   model) with a snapshot of its state and plain attributes: any change is reported as such.
-* **Time limit** (:mod:`~course_lib.checks._clock`). Each call gets ``_clock.TIME_LIMIT`` seconds (``COURSE_CHECK_TIME_LIMIT``,
-  default 10). On Linux and macOS, in the main thread (where a Jupyter kernel runs cells), a
-  ``SIGALRM`` timer raises inside the student's code: the loop really stops, and the code runs on
-  the kernel's own thread with its thread-local torch state (grad mode, autocast). Where there is
-  no ``SIGALRM`` (Windows) or off the main thread, the call runs in a daemon thread joined with a
-  timeout; on expiry an exception is injected into it (this stops pure-Python loops; a single
-  long C call finishes in the background) and the check reports and returns. Either way the
-  verdict says "took longer than N s" and the cell continues.
+* **Time limit** (:mod:`~course_lib.checks._clock`). Each call gets ``_clock.TIME_LIMIT``
+  seconds (``COURSE_CHECK_TIME_LIMIT``, default 10). On Linux and macOS, in the main thread (where
+  a Jupyter kernel runs cells), a ``SIGALRM`` timer raises inside the student's code: the loop
+  really stops, and the code runs on the kernel's own thread with its thread-local torch state
+  (grad mode, autocast). Where there is no ``SIGALRM`` (Windows) or off the main thread, the call
+  runs in a daemon thread joined with a timeout; on expiry an exception is injected into it (this
+  stops pure-Python loops; a single long C call finishes in the background) and the check
+  reports and returns. Either way the verdict says "took longer than N s" and the cell continues.
 * **Exits.** ``SystemExit`` (``sys.exit()``, ``exit()``) fails the check; ``KeyboardInterrupt``
   still stops the cell.
-* **Patches** (:mod:`~course_lib.checks._patches`). :func:`take_snapshot` records, when ``course_lib.checks`` is imported, every
-  function and class of torch, ``torch.nn.functional``, the tensor methods, ``torch.nn``'s modules
-  and course_lib's modules. Before and after each call the checker verifies that none was
-  reassigned (``torch.softmax = mine``, ``reference.attention_weights = mine``): expected answers
-  are then computed by the code that was imported, or the check fails saying what was replaced.
+* **Patches** (:mod:`~course_lib.checks._patches`). ``take_snapshot`` records, when
+  ``course_lib.checks`` is imported, every function and class of torch, ``torch.nn.functional``,
+  the tensor methods, ``torch.nn``'s modules and course_lib's modules. Before and after each call
+  the checker verifies that none was reassigned (``torch.softmax = mine``,
+  ``reference.attention_weights = mine``): expected answers are then computed by the code that
+  was imported, or the check fails saying what was replaced.
 * **Rules.** ``forbid=("softmax",)`` wraps the named library functions during the call; a call
   to one fails the check ("without calling torch.softmax").
 """
