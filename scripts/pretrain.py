@@ -12,11 +12,14 @@ same deterministic batch, computes gradients on it, and DDP averages the gradien
 processes during ``backward``. The averaged gradient equals the single-process gradient of the
 whole batch, so W processes follow the same trajectory as one (tests/test_ddp.py checks this).
 Training itself is ``course_lib.train.fit``, unchanged. Rank 0 prints a JSON summary and writes
-``--out`` (final weights, safetensors) if given.
+``--out`` (final weights, safetensors) if given. The summary's ``slices`` say what each rank was
+fed (rows, a digest of them, a digest per row of the first batch), gathered from every rank: a
+rank that trained on the whole global batch would reach the same weights, and only this shows it.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -85,9 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
         model = GPT(cfg).to(device)
         global_batches = corpus.batches("train", args.batch_size, args.block_size, seed=args.seed)
 
+        fed = {"rows": 0, "digest": hashlib.sha256(), "first_rows": []}
+
         def my_slice(i: int):  # this rank's rows of global batch i
             x, y = global_batches(i)
-            return x[rank * local_bs:(rank + 1) * local_bs], y[rank * local_bs:(rank + 1) * local_bs]
+            x, y = x[rank * local_bs:(rank + 1) * local_bs], y[rank * local_bs:(rank + 1) * local_bs]
+            fed["rows"] += len(x)
+            fed["digest"].update(x.numpy().tobytes())
+            if i == 0:
+                fed["first_rows"] = [hashlib.sha256(row.numpy().tobytes()).hexdigest()[:16] for row in x]
+            return x, y
 
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -109,7 +119,12 @@ def main(argv: list[str] | None = None) -> dict:
                    compile=args.compile, progress=rank == 0 and not profile.is_smoke(),
                    checkpoint_path=checkpoint, tokens_per_step=local_bs * args.block_size,
                    flops_per_token=flops_per_token(cfg))
-        summary = {"world_size": world, "backend": dist.get_backend() if world > 1 else None,
+        mine = {"rank": rank, "rows": fed["rows"], "digest": fed["digest"].hexdigest(), "first_rows": fed["first_rows"]}
+        slices = [mine]
+        if world > 1:
+            slices = [None] * world
+            dist.all_gather_object(slices, mine)
+        summary = {"world_size": world, "slices": slices, "backend": dist.get_backend() if world > 1 else None,
                    "device": str(device), "config": cfg.to_dict(), "steps": hist.steps_done,
                    "seconds": round(hist.seconds, 2),
                    "tokens_per_s_all_ranks": round((hist.tokens_per_s or 0.0) * world, 1),

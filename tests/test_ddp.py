@@ -1,5 +1,7 @@
 """scripts/pretrain.py under torchrun: 2 gloo CPU processes reach the same parameters after k
-steps as one process with the same global batch (DDP averages the gradients of the slices)."""
+steps as one process with the same global batch (DDP averages the gradients of the slices), and
+each rank really trains on its own half of every batch (a rank that trained on the whole global
+batch would reach the same parameters too, so the test also reads what each rank was fed)."""
 from __future__ import annotations
 
 import json
@@ -51,6 +53,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 1e-3, f"parameters barely changed in 4 steps (max change {moved})"
     assert one["steps"] == two["steps"] == 4
+    # what each rank was fed: 4 steps x its slice of the global batch of 8, and different rows
+    assert [r["rank"] for r in two["slices"]] == [0, 1] and [r["rank"] for r in one["slices"]] == [0]
+    assert [r["rows"] for r in two["slices"]] == [16, 16] and one["slices"][0]["rows"] == 32
+    assert two["slices"][0]["digest"] != two["slices"][1]["digest"]
+    # and together they are the one process's batches, row for row
+    assert two["slices"][0]["first_rows"] + two["slices"][1]["first_rows"] == one["slices"][0]["first_rows"]
 
 
 def test_global_batch_must_split_evenly(tmp_path):

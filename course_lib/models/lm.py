@@ -6,7 +6,8 @@ continuations, and the loss on labelled positions.
   Degeneration") filters of the logits.
 * :func:`generate`: continue token ids with any model that maps ids (B, n) to logits (B, n, V)
   and has ``config.block_size``; with a KV cache when the model offers ``new_kv_caches``.
-* :func:`continuations`: many prompts at once, in groups of equal length (no padding).
+* :func:`continuation_ids` / :func:`continuations`: many prompts at once, in groups of equal
+  length (no padding), as token ids or as text.
 * :func:`masked_lm_loss`: mean cross-entropy over the positions whose label is not ``IGNORE``
   (SFT's response-only loss, captions, visual question answering).
 """
@@ -115,23 +116,31 @@ def length_groups(encoded: Sequence[Sequence[int]], batch_size: int):
 
 
 @torch.no_grad()
-def continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
-                  generator: torch.Generator | None = None, batch_size: int = 256) -> list[str]:
-    """The text each prompt continues with (``max_new_tokens`` of it, fewer if the context ends
-    first), decoded in length groups with the KV cache; ``temperature=0`` is greedy."""
+def continuation_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
+                     generator: torch.Generator | None = None, batch_size: int = 256) -> list[list[int]]:
+    """The token ids each prompt continues with (``max_new_tokens`` of them, fewer if the context
+    ends first), generated in length groups with the KV cache; ``temperature=0`` is greedy."""
     device = next(model.parameters()).device
     encoded = [tokenizer.encode(p) for p in prompts]
     block = model.config.block_size
-    out = [""] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
     for n, chunk in length_groups(encoded, batch_size):
         new = min(max_new_tokens, block - n)
         if new <= 0:
             raise ValueError(f"a prompt of {n} tokens leaves no room in the context block_size={block}")
         idx = torch.tensor([encoded[i] for i in chunk], device=device)
         gen = generate(model, idx, new, temperature=temperature, generator=generator)[:, n:].cpu()
-        for i, row in zip(chunk, gen, strict=True):
-            out[i] = tokenizer.decode(row)
+        for i, row in zip(chunk, gen.tolist(), strict=True):
+            out[i] = row
     return out
+
+
+def continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 0.0,
+                  generator: torch.Generator | None = None, batch_size: int = 256) -> list[str]:
+    """The text each prompt continues with: :func:`continuation_ids`, decoded."""
+    ids = continuation_ids(model, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator,
+                           batch_size=batch_size)
+    return [tokenizer.decode(row) for row in ids]
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,23 @@ that sampled them with the clipped surrogate
 
 **Baseline.** Instead of a learned value function (InstructGPT initialises one from the reward
 model) we sample ``group_size`` responses per prompt and use, for each response, the mean return
-of the *other* responses to the same prompt as its baseline (leave-one-out, as in Ahmadian et al.,
-2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in
-LLMs"; GRPO, Shao et al., 2024, is the same idea). The reward arrives once, at the end of a
-20-token answer, so a value network would mostly have to learn "how good is this prompt", which
-the other samples of the same prompt tell us directly; the baseline does not depend on the
-response's own tokens, so the policy gradient stays unbiased, and there is no second network to
-train or tune.
+of the *other* responses to the same prompt as its baseline: RLOO's leave-one-out baseline
+(Ahmadian et al., 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from
+Human Feedback in LLMs"). GRPO (Shao et al., 2024, "DeepSeekMath") also compares a response with
+its group, but differently: its baseline is the group mean *including* the response itself, it
+divides by the group's standard deviation, and it puts the KL term in the loss rather than in the
+reward. The reward arrives once, at the end of a 20-token answer, so a value network would mostly
+have to learn "how good is this prompt", which the other samples of the same prompt tell us
+directly; the baseline does not depend on the response's own tokens, so the policy gradient stays
+unbiased, and there is no second network to train or tune.
+
+**Temperature.** Responses sampled at temperature T come from softmax(logits / T), so that is the
+policy PPO optimises: the old, current and reference log-probabilities are all taken at T
+(``PPOConfig.temperature``), and the ratio, the KL penalty and the update stay on-policy.
+
+**Token ids.** A rollout keeps the ids the policy sampled; the text is decoded from them only to
+read and label it. (Decoding and re-encoding gives the ids back with the character tokenizer, not
+with a BPE, where one text has several spellings in tokens.)
 
 Sequences are right-padded token ids ``ids`` (B, T) with ``prompt_lens`` and ``lengths`` (B,):
 the response is ``ids[b, prompt_lens[b]:lengths[b]]``. Per-token quantities (log-probabilities,
@@ -27,6 +37,7 @@ marks the response there.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,9 +53,10 @@ from .sequences import (
     _need_tensor,
     _shape,
     disable_dropout,
-    encode_sequences,
+    pack_sequences,
     policy_logprobs,
-    sample_responses,
+    sample_response_ids,
+    stop_id,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +136,11 @@ class PPOConfig:
     grad_clip: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (PPO needs a stochastic policy), got {t!r}")
+
 @dataclass
 class PPOHistory:
     """Per iteration: mean RM score, mean sequence KL to the reference (nats), mean total reward
@@ -146,19 +163,21 @@ class PPOHistory:
 @torch.no_grad()
 def rollout(policy, ref, rm: RewardModel, tokenizer, examples: Sequence[Example], *, group_size: int,
             beta: float, temperature: float = 1.0, max_new_tokens: int = 20, seed: int = 0) -> dict:
-    """Sample ``group_size`` responses per example from ``policy``, score them with ``rm``, and
-    compute what PPO needs: old and reference log-probabilities, the per-token KL-penalised
-    rewards, returns-to-go and advantages A_t = G_t - b (leave-one-out baseline of the group's
-    total returns), whitened over the batch."""
+    """Sample ``group_size`` responses per example from ``policy`` at ``temperature``, score them
+    with ``rm``, and compute what PPO needs: old and reference log-probabilities (both at
+    ``temperature``, the distribution the samples came from), the per-token KL-penalised rewards,
+    returns-to-go and advantages A_t = G_t - b (leave-one-out baseline of the group's total
+    returns), whitened over the batch. The sequences hold the sampled token ids themselves."""
     device = next(policy.parameters()).device
     prompts = [e.prompt for e in examples for _ in range(group_size)]
-    responses = sample_responses(policy, tokenizer, prompts, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, seed=seed)
-    pad = tokenizer.encode(STOP)[0]
-    seqs = {k: v.to(device) for k, v in encode_sequences(tokenizer, prompts, responses,
-                                                         policy.config.block_size, pad).items()}
-    old_logp, mask = policy_logprobs(policy, seqs)
-    ref_logp, _ = policy_logprobs(ref, seqs)
+    sampled = sample_response_ids(policy, tokenizer, prompts, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, seed=seed)
+    responses = [tokenizer.decode(ids) for ids in sampled]
+    packed = pack_sequences([tokenizer.encode(p) for p in prompts], sampled, policy.config.block_size,
+                            stop_id(tokenizer))
+    seqs = {k: v.to(device) for k, v in packed.items()}
+    old_logp, mask = policy_logprobs(policy, seqs, temperature=temperature)
+    ref_logp, _ = policy_logprobs(ref, seqs, temperature=temperature)
     scores = rm(seqs["ids"][:, : int(seqs["lengths"].max())], seqs["lengths"]).float()
     rewards = kl_penalty_rewards(scores, old_logp, ref_logp, mask, beta)
     returns = returns_to_go(rewards, mask)
@@ -179,9 +198,17 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
     """InstructGPT's step 3: optimise ``policy`` (in place; start it as a copy of the SFT model)
     against ``rm`` with a per-token KL penalty to the frozen ``ref``, by PPO-clip on prompts drawn
     from ``words``. ``eval_fn(policy, iteration)`` (e.g. exact match) runs every ``eval_every`` iterations and
-    at the start and the end."""
+    at the start and the end. ``ref`` must be a model of its own: the policy itself, or a copy
+    sharing its parameter tensors, would move with it (a ValueError)."""
     if cfg.iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {cfg.iterations}")
+    if ref is policy:
+        raise ValueError("ref is the policy itself: pass a frozen copy as the reference, e.g. copy.deepcopy(sft) "
+                         "before training (PPO's KL penalty measures how far the policy moved from it)")
+    shared = {id(p) for p in policy.parameters()} & {id(p) for p in ref.parameters()}
+    if shared:
+        raise ValueError(f"ref shares {len(shared)} parameter tensors with the policy, so it would move with it; "
+                         f"pass a deep copy (copy.deepcopy) as the reference")
     device = next(policy.parameters()).device
     disable_dropout(policy)
     ref.eval()  # both frozen: rollouts only read them, under no_grad
@@ -213,7 +240,7 @@ def ppo_train(policy, ref, rm: RewardModel, tokenizer, words: Sequence[str], cfg
             for chunk in order.chunk(cfg.minibatches):
                 seqs = {k: v[chunk] for k, v in ro["seqs"].items()}
                 T = int(seqs["lengths"].max())
-                logp, mask = policy_logprobs(policy, seqs)
+                logp, mask = policy_logprobs(policy, seqs, temperature=cfg.temperature)
                 old, adv = ro["old_logp"][chunk][:, : T - 1], ro["advantages"][chunk][:, : T - 1]
                 opt.zero_grad(set_to_none=True)  # nothing stale (e.g. from eval_fn) enters the step
                 ppo_clip_loss(logp, old, adv, mask, cfg.clip).backward()

@@ -1,7 +1,8 @@
 """InstructGPT's step 2a: comparison data. For a prompt the SFT policy samples K responses, a labeler
 ranks them, and every strictly ordered pair becomes a comparison (y_w preferred to y_l). Our
 labeler is a program (:func:`labeler_score`): an exact answer first, then character-level
-similarity to the right answer. Also the pairs as tensors and their batches.
+similarity to the right answer followed by the stop token, so that stopping is part of being
+right. Also the pairs as tensors and their batches.
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ from .sequences import encode_sequences, sample_responses
 def labeler_score(response: str, answer: str) -> tuple[int, float]:
     """The programmatic labeler's sort key for one response (higher is better): (1 if the
     response is exactly the answer followed by the stop token else 0, character-level
-    similarity of the response text to the answer in [0, 1], difflib's ratio 2 M / (|a| + |b|)).
-    A response that never stopped is never exact."""
+    similarity of the response as sampled to the answer followed by the stop token, in [0, 1],
+    difflib's ratio 2 M / (|a| + |b|)).
+
+    The stop token counts as a character of the target, so an answer that never stops is never
+    exact and loses the stop's match: for a one-letter answer "a", a stopped wrong "b\n" (ratio
+    2/4) ranks above a 20-character runaway "aaa..." (2/22); compared without the stop, the
+    runaway would win (2/21 against 0)."""
     exact = response == answer + STOP
-    text = response[: -len(STOP)] if response.endswith(STOP) else response
-    return int(exact), difflib.SequenceMatcher(None, text, answer, autojunk=False).ratio()
+    return int(exact), difflib.SequenceMatcher(None, response, answer + STOP, autojunk=False).ratio()
 
 
 def rank_responses(responses: Sequence[str], answer: str) -> list[tuple[str, tuple[int, float]]]:

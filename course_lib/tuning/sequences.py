@@ -1,5 +1,6 @@
 """Token grids for post-training: prompt + response ids, response masks, log-probabilities,
-and sampled responses. Shared by the reward model, PPO and DPO.
+and sampled responses (as the token ids the model drew, and as text). Shared by the reward
+model, PPO and DPO.
 
 A batch of sequences is a dict of ``ids`` (B, T) right-padded, ``prompt_lens`` and ``lengths`` (B,).
 Position t of the logits predicts token t + 1, so the response mask of the (B, T - 1)
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models.lm import continuations
+from ..models.lm import continuation_ids
 from ..tasks.instructions import STOP
 
 # ---------------------------------------------------------------------------------------------
@@ -60,22 +61,37 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
+def stop_id(tokenizer) -> int:
+    """The id of the stop token (:data:`course_lib.tasks.instructions.STOP`); a tokenizer that
+    does not encode it as one token is a ValueError."""
+    ids = tokenizer.encode(STOP)
+    if len(ids) != 1:
+        raise ValueError(f"the stop token {STOP!r} must be one token of the tokenizer, got ids {ids}")
+    return ids[0]
+
+
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts: Sequence[str], *, temperature: float = 1.0,
-                     max_new_tokens: int = 20, seed: int = 0, batch_size: int = 512) -> list[str]:
-    """One sampled response per prompt, cut after the first stop token (kept; a response that
-    never stops is the ``max_new_tokens`` it produced). Prompts of one length are generated
-    together with the KV cache; deterministic in ``seed``."""
+def sample_response_ids(model, tokenizer, prompts: Sequence[str], *, temperature: float = 1.0,
+                        max_new_tokens: int = 20, seed: int = 0, batch_size: int = 512) -> list[list[int]]:
+    """One sampled response per prompt, as the token ids the model drew, cut after the first stop
+    token (kept; a response that never stops is the ``max_new_tokens`` it produced). Prompts of
+    one length are generated together with the KV cache; deterministic in ``seed``."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stop = stop_id(tokenizer)
     g = torch.Generator().manual_seed(seed)
-    texts = continuations(model, tokenizer, prompts, max_new_tokens, temperature=temperature,
-                                   generator=g, batch_size=batch_size)
-    out = []
-    for text in texts:
-        cut = text.find(STOP)
-        out.append(text if cut < 0 else text[: cut + len(STOP)])
-    return out
+    rows = continuation_ids(model, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=g,
+                            batch_size=batch_size)
+    return [row[: row.index(stop) + 1] if stop in row else row for row in rows]
+
+
+def sample_responses(model, tokenizer, prompts: Sequence[str], *, temperature: float = 1.0,
+                     max_new_tokens: int = 20, seed: int = 0, batch_size: int = 512) -> list[str]:
+    """:func:`sample_response_ids`, decoded. Text is for reading and labelling; what was sampled
+    is the ids (decoding and re-encoding need not give them back with every tokenizer)."""
+    ids = sample_response_ids(model, tokenizer, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
+                              seed=seed, batch_size=batch_size)
+    return [tokenizer.decode(row) for row in ids]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +104,17 @@ def encode_sequences(tokenizer, prompts: Sequence[str], responses: Sequence[str]
     T is the longest sequence (or ``width``); longer than ``block_size`` is an error."""
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"need as many responses as prompts (at least one), got {len(prompts)} and {len(responses)}")
-    p_ids = [tokenizer.encode(p) for p in prompts]
-    r_ids = [tokenizer.encode(r) for r in responses]
+    return pack_sequences([tokenizer.encode(p) for p in prompts], [tokenizer.encode(r) for r in responses],
+                          block_size, pad_id, width)
+
+
+def pack_sequences(p_ids: Sequence[Sequence[int]], r_ids: Sequence[Sequence[int]], block_size: int, pad_id: int,
+                   width: int | None = None) -> dict[str, torch.Tensor]:
+    """:func:`encode_sequences` from token ids: prompt ids and response ids, one list of each per
+    sequence (e.g. the ids a policy sampled, :func:`sample_response_ids`)."""
+    if len(p_ids) != len(r_ids) or not p_ids:
+        raise ValueError(f"need as many responses as prompts (at least one), got {len(p_ids)} and {len(r_ids)}")
+    p_ids, r_ids = [list(p) for p in p_ids], [list(r) for r in r_ids]
     if any(len(r) == 0 for r in r_ids):
         raise ValueError("every response needs at least one token")
     lens = [len(p) + len(r) for p, r in zip(p_ids, r_ids, strict=True)]
@@ -97,7 +122,7 @@ def encode_sequences(tokenizer, prompts: Sequence[str], responses: Sequence[str]
     if max(lens) > min(T, block_size):
         raise ValueError(f"a sequence has {max(lens)} tokens, more than the context block_size={block_size}"
                          + (f" or width={width}" if width is not None else ""))
-    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    ids = torch.full((len(p_ids), T), pad_id, dtype=torch.long)
     for b, (p, r) in enumerate(zip(p_ids, r_ids, strict=True)):
         ids[b, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
     return {"ids": ids, "prompt_lens": torch.tensor([len(p) for p in p_ids]), "lengths": torch.tensor(lens)}
@@ -111,21 +136,25 @@ def response_mask(prompt_lens: torch.Tensor, lengths: torch.Tensor, T: int) -> t
     return (nxt >= prompt_lens[:, None]) & (nxt < lengths[:, None])
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log pi(x_{t+1} | x_<=t) for every position: (B, T - 1) from logits (B, T, V) on ids (B, T)."""
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(x_{t+1} | x_<=t) for every position: (B, T - 1) from logits (B, T, V) on ids (B, T).
+    With ``temperature`` T the distribution is softmax(logits / T), the one sampling at T draws from."""
     if logits.dim() != 3 or ids.dim() != 2 or logits.shape[:2] != ids.shape:
         raise ValueError(f"expected logits (B, T, V) on ids (B, T), got {_shape(logits)} and {_shape(ids)}")
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logits = logits[:, :-1].float()
+    logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
 
 
-def policy_logprobs(model, seqs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-token log-probabilities (B, T - 1), response mask (B, T - 1)) of ``seqs`` under ``model``."""
+def policy_logprobs(model, seqs: dict[str, torch.Tensor], temperature: float = 1.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token log-probabilities (B, T - 1), response mask (B, T - 1)) of ``seqs`` under
+    ``model`` sampled at ``temperature``."""
     ids, lengths, prompt_lens = seqs["ids"], seqs["lengths"], seqs["prompt_lens"]
     _check_seqs(ids, lengths, prompt_lens)
     T = int(lengths.max())
     ids = ids[:, :T]
-    return token_logprobs(model(ids), ids), response_mask(prompt_lens, lengths, T)
+    return token_logprobs(model(ids), ids, temperature), response_mask(prompt_lens, lengths, T)
 
 
 def sequence_logprob(model, seqs: dict[str, torch.Tensor]) -> torch.Tensor:
