@@ -328,7 +328,8 @@ case("block_param_count", TR.block_param_count,
       (lambda d, r=4.0, b=True: TR.block_param_count(d, r, b) - 2 * d, "off by"),
       (lambda d, r=4.0, b=True: TR.block_param_count(d, 4.0, b), "mlp_ratio=2.0"),
       (lambda d, r=4.0, b=True: str(TR.block_param_count(d, r, b)), "integer"),
-      (lambda d, r=4.0, b=True: TR.block_param_count(d, r, b) + 0.5, "integer")])
+      (lambda d, r=4.0, b=True: TR.block_param_count(d, r, b) + 0.5, "integer"),
+      (lambda d, r, b: TR.block_param_count(d, r, b), "[error]")])  # no defaults: block_param_count(768) fails
 
 
 # --- 05 ViT -------------------------------------------------------------------------------------

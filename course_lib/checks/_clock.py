@@ -58,17 +58,23 @@ def _call_with_signal(fn: Callable, args: tuple, kwargs: dict, limit: float):
     previous = signal.signal(signal.SIGALRM, on_alarm)
     # re-fires every 0.25 s after expiry, in case the student's code swallows the first one
     outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, limit, 0.25)
+    if 0 < outer_delay < limit:  # someone else's deadline (a grader's) comes first: keep to it
+        limit = outer_delay
+        signal.setitimer(signal.ITIMER_REAL, limit, 0.25)
     start = time.monotonic()
     try:
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state["armed"] = False  # inside the outer try: an alarm that lands here is still caught
     except _TimeLimit:
         raise TimedOut(f"your function took longer than {limit:g} s (stopped); look for a loop that never "
-                           f"ends (a while loop whose condition never changes)") from None
+                       f"ends (a while loop whose condition never changes)") from None
     finally:
         state["armed"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        if outer_delay > 0:  # someone else's timer (e.g. pytest-timeout) was running: give it back
+        if outer_delay > 0:  # give the outer timer back, less the time spent here
             signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
 
 

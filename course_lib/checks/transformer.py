@@ -115,4 +115,7 @@ def block_param_count(student) -> str:
             counted = sum(p.numel() for p in ref.Block(d, max(1, d // 16), mlp_ratio=r, bias=bias).parameters())
         expect(got == counted, f"d_model={d}, mlp_ratio={r}, bias={bias}: you count {got:,} parameters, the module "
                f"has {counted:,} (off by {got - counted:+,})")
+    got = expect_count(student(768), "block_param_count(768), with the default mlp_ratio=4.0 and bias=True")
+    expect(got == ref.block_param_count(768), f"block_param_count(768) gives {got:,}, expected "
+           f"{ref.block_param_count(768):,}: the defaults are mlp_ratio=4.0 and bias=True (the notebook calls it so)")
     return "12 d^2 + 13 d for d = 768: 7,087,872 per GPT-2 small block"
