@@ -18,9 +18,7 @@ import pytest
 from course_lib import assignments as asg
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed"),
-              pytest.mark.skipif(os.name == "nt", reason="the fresh venv borrows this one's packages through "
-                                                         "symlinks, which Windows allows only to administrators")]
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
 
 def _site_packages(python: Path) -> Path:
@@ -33,6 +31,9 @@ def _site_packages(python: Path) -> Path:
 def fresh(tmp_path_factory) -> Path:
     """A new venv without course_lib. Its dependencies (torch, ...) are made visible from this
     environment through a .pth file, so pip finds them installed and fetches only the course."""
+    if os.name == "nt":
+        pytest.skip("the fresh venv borrows this one's packages through symlinks, which Windows allows "
+                    "only to administrators")
     tmp = tmp_path_factory.mktemp("fresh")
     venv.create(tmp / "venv", with_pip=True, symlinks=os.name != "nt")
     python = tmp / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
