@@ -36,15 +36,16 @@ lab: $(STAMP)
 course: $(STAMP)
 	$(PY) benchmarks/run_notebooks.py --out build
 
-# the notebooks' results.record calls go to build/test-results, never into make course's table
+# the notebooks' results.record calls go to build/test-results, never into make course's table;
+# the venv's bin/ first on PATH, as if activated: tools the tests run call its commands (nbgrader -> alembic)
 test: $(STAMP)
-	COURSE_PROFILE=$(COURSE_PROFILE) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COURSE_PROFILE=$(COURSE_PROFILE) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
 	  COURSE_RESULTS_DIR=$${COURSE_RESULTS_DIR:-$(CURDIR)/build/test-results} \
 	  $(PY) -m pytest -n $(JOBS) --dist loadscope --nbval-lax \
 	  --nbval-cell-timeout=600 -p no:cacheprovider tests solutions notebooks
 
 test-online: $(STAMP)
-	COURSE_PROFILE=$(COURSE_PROFILE) $(PY) -m pytest -m online -p no:cacheprovider tests
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" COURSE_PROFILE=$(COURSE_PROFILE) $(PY) -m pytest -m online -p no:cacheprovider tests
 
 student: $(STAMP)
 	$(PY) -m course_lib.assignments build
