@@ -180,8 +180,11 @@ def test_a_tensor_method_shadowed_or_a_patch_made_inside_the_call_is_seen(monkey
 
 def test_torchs_own_wrappers_are_not_patches_and_forged_wrappers_are():
     import torch._dynamo  # noqa: F401  (wraps torch.manual_seed)
+    from torch._dynamo.mutation_guard import install_generation_tagging_init
 
+    install_generation_tagging_init()  # what torch.compile does to nn.Module.__init__ and __setstate__
     assert _patches.patched() == []
+    assert checks.softmax(good_softmax)
     original = torch.nn.functional.gelu
 
     @functools.wraps(original)
@@ -190,6 +193,8 @@ def test_torchs_own_wrappers_are_not_patches_and_forged_wrappers_are():
 
     torch.nn.functional.gelu = forged
     try:
+        assert _patches.patched() == ["torch.nn.functional.gelu"]
+        torch.nn.functional.gelu = torch.nn.functional.silu  # torch's own code, but not a wrapper of gelu
         assert _patches.patched() == ["torch.nn.functional.gelu"]
     finally:
         torch.nn.functional.gelu = original

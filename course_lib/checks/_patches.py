@@ -47,18 +47,22 @@ def take_snapshot() -> None:
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
-def _torch_wrapper_of(new, old) -> bool:
-    """True when ``new`` is torch's own wrapper around ``old`` (importing torch._dynamo wraps
-    torch.manual_seed, for one): a ``__wrapped__`` chain ending at ``old`` whose wrappers' code
-    all lives inside the torch package."""
-    for _ in range(5):
-        code = getattr(new, "__code__", None)
-        if code is None or not os.path.abspath(code.co_filename).startswith(_TORCH_DIR):
-            return False
-        new = getattr(new, "__wrapped__", None)
-        if new is old:
-            return True
-    return False
+def _torch_wrapper_of(new, old, depth: int = 0) -> bool:
+    """True when ``new`` is torch's own wrapper around ``old``: a function whose code lives inside
+    the torch package and that wraps (``__wrapped__``) or closes over ``old``, directly or through
+    another such wrapper. Importing torch._dynamo wraps torch.manual_seed; torch.compile wraps
+    torch.nn.Module.__init__ and __setstate__."""
+    code = getattr(new, "__code__", None)
+    if code is None or not os.path.abspath(code.co_filename).startswith(_TORCH_DIR):
+        return False
+    inner = [getattr(new, "__wrapped__", None)]
+    for cell in getattr(new, "__closure__", None) or ():
+        try:
+            inner.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return any(x is old or (depth < 3 and callable(x) and _torch_wrapper_of(x, old, depth + 1))
+               for x in inner if x is not None)
 
 
 def patched() -> list[str]:

@@ -128,7 +128,9 @@ def ppo_clip_loss(student) -> str:
         expect(not _same(out, all_pos), "padding and prompt positions count in your mean; average over the mask")
         expect_close(out, expected, what, atol=1e-5,
                      hint="compute the ratio as exp(logp - old_logp): exp(logp) / exp(old_logp) is 0 / 0 for "
-                          "long answers")
+                          "long answers" if offset else
+                          "the surrogate is min(ratio * A, clamp(ratio, 1 - clip, 1 + clip) * A), averaged over "
+                          "the mask")
         leaves = {"logp": logp.clone().requires_grad_()}
         expect_grads(student(leaves["logp"], old, adv, mask, clip), leaves,
                      lambda lp: ppo.ppo_clip_loss(lp, old, adv, mask, clip), what,
