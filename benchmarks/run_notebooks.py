@@ -5,8 +5,9 @@
 Writes under ``--out`` (default ``build/``): ``executed/*.ipynb``, ``html/*.html``,
 ``notebook_times.json`` (wall seconds per notebook, with profile and hardware) and ``results.md``,
 the table of the ``results.record`` calls of *this run only*: the notebooks record into
-``OUT/results/``, emptied at the start (``COURSE_RESULTS_DIR`` is set for the kernels), so rows of
-another profile, of the test suite or of a student notebook never mix in. Prints one JSON line
+``OUT/course-results/``, emptied at the start (``COURSE_RESULTS_DIR`` is set for the kernels), so
+rows of another profile, of the test suite or of a notebook run by hand (``build/results/``, left
+alone) never mix in. Prints one JSON line
 per notebook. ``make course`` runs it over every solution notebook.
 
 The HTML needs no network: formulas are rendered to MathML at export (latex2mathml; browsers
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "executed").mkdir(parents=True, exist_ok=True)
     (out / "html").mkdir(parents=True, exist_ok=True)
     # this run's results, and only this run's: the kernels inherit COURSE_RESULTS_DIR
-    run_results = out / "results"
+    run_results = out / "course-results"
     run_results.mkdir(parents=True, exist_ok=True)
     for old in run_results.glob("*.json"):
         old.unlink()

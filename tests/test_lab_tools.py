@@ -104,14 +104,15 @@ def test_run_notebooks_out_tables_only_its_own_run(tmp_path, monkeypatch):
     src = tmp_path / "98_demo.ipynb"
     nbformat.write(nb, src)
     out = tmp_path / "out"
-    (out / "results").mkdir(parents=True)
-    # what an earlier run (another profile) left behind
-    (out / "results" / "05_old__cpu.json").write_text(json.dumps(
-        {"notebook": "05_old", "profile": "cpu", "hardware": "x", "date": "d", "metrics": {"acc": 1}}))
+    old = {"notebook": "05_old", "profile": "cpu", "hardware": "x", "date": "d", "metrics": {"acc": 1}}
+    for folder in ("course-results", "results"):  # an earlier run's records, and a notebook run by hand
+        (out / folder).mkdir(parents=True)
+        (out / folder / "05_old__cpu.json").write_text(json.dumps(old))
     assert rn.main([str(src), "--out", str(out)]) == 0
     table = (out / "results.md").read_text()
     assert "| 98_demo | smoke | loss=0.5 |" in table and "05_old" not in table
-    assert sorted(p.name for p in (out / "results").iterdir()) == ["98_demo__smoke.json"]
+    assert sorted(p.name for p in (out / "course-results").iterdir()) == ["98_demo__smoke.json"]
+    assert (out / "results" / "05_old__cpu.json").exists()  # records made by hand are left alone
     assert not (tmp_path / "elsewhere").exists()
     page = (out / "html" / "98_demo.html").read_text()
     assert rn.remote_resources(page) == [] and "<math" in page
