@@ -31,19 +31,29 @@ import re
 import sys
 from pathlib import Path
 
+from .nbfiles import (  # noqa: F401  (also part of this module's interface: assignments.load, .dumps, ...)
+    ANSWER,
+    BEGIN,
+    BEGIN_HIDDEN,
+    END,
+    END_HIDDEN,
+    ROOT,
+    _clear,
+    _source,
+    clean,
+    dumps,
+    load,
+)
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
 BRANCH = "main"
 COLAB_DRIVE = "/content/drive/MyDrive"  # where Colab mounts Google Drive
 GUARD_FIRST_LINE = "# Colab or a bare kernel: install the course first (where course_lib imports, this does nothing)"
 _BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)\s*$")
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-ANSWER = "YOUR ANSWER HERE"
 
 
 class MarkerError(ValueError):
@@ -53,11 +63,6 @@ class MarkerError(ValueError):
 class CheckoutError(RuntimeError):
     """``build`` or ``check`` run where there is no course to build (no ``solutions/``, no
     ``pyproject.toml``): an installed copy of the library, not a checkout."""
-
-
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
 
 
 def _strip_cell(lines: list[str], cell_type: str, where: str) -> list[str]:
@@ -99,37 +104,6 @@ def student_version(nb: dict, name: str = "notebook") -> dict:
         cell["source"] = "\n".join(_strip_cell(lines, cell.get("cell_type", "code"), where))
         _clear(cell)
     return nb
-
-
-def _clear(cell: dict) -> None:
-    if cell.get("cell_type") == "code":
-        cell["outputs"] = []
-        cell["execution_count"] = None
-    cell.get("metadata", {}).pop("execution", None)
-
-
-def clean(nb: dict) -> dict:
-    """A copy without outputs or execution metadata (what solutions are committed as)."""
-    nb = copy.deepcopy(nb)
-    for cell in nb.get("cells", []):
-        _clear(cell)
-    return nb
-
-
-def dumps(nb: dict) -> str:
-    """Deterministic notebook JSON (nbformat's layout: indent 1, sorted keys)."""
-    for cell in nb.get("cells", []):
-        src = cell.get("source", "")
-        if isinstance(src, list):
-            cell["source"] = "".join(src)
-    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def load(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid notebook JSON: {e}") from None
 
 
 def _pairs(solutions: Path, notebooks: Path):
@@ -330,7 +304,8 @@ def to_py(nb: dict) -> str:
     return jt.writes(node, fmt="py:percent")
 
 
-def _main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (docs/instructors.md's commands are tested against it)."""
     p = argparse.ArgumentParser(prog="python -m course_lib.assignments")
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd in ("build", "check"):
@@ -341,7 +316,47 @@ def _main(argv: list[str] | None = None) -> int:
     s.add_argument("paths", nargs="*", type=Path)
     s = sub.add_parser("from-py"); s.add_argument("src", type=Path); s.add_argument("dst", type=Path)
     s = sub.add_parser("to-py"); s.add_argument("src", type=Path); s.add_argument("dst", type=Path)
-    args = p.parse_args(argv)
+    s = sub.add_parser("grade", help="grade a folder of submissions into a gradebook CSV and feedback files")
+    s.add_argument("submissions", type=Path, help="SUBMISSIONS/<student>/[<assignment>/]<NN_topic>.ipynb")
+    s.add_argument("--out", type=Path, required=True, help="the gradebook CSV to write")
+    s.add_argument("--feedback", type=Path, default=None, help="feedback folder (default: beside --out)")
+    s.add_argument("--profile", default="smoke", choices=("smoke", "cpu", "gpu"))
+    s.add_argument("--solutions", type=Path, default=ROOT / "solutions")
+    s.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell of the headless run")
+    s.add_argument("--notebook-timeout", type=float, default=900.0, help="seconds per notebook of the headless run")
+    s.add_argument("--exercise-timeout", type=float, default=60.0, help="seconds per answer cell and per check")
+    s.add_argument("--no-run", action="store_true", help="grade the answers without running whole notebooks")
+    s = sub.add_parser("nbgrader", help="write an nbgrader course folder, one assignment per notebook")
+    s.add_argument("notebooks", nargs="*", type=Path, help="solution notebooks (default: all)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--profile", default="smoke", choices=("smoke", "cpu", "gpu"))
+    s.add_argument("--cell-timeout", type=int, default=600)
+    return p
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd in ("grade", "nbgrader"):  # the graders' tools: nbclient, nbformat and the checks' reader
+        from . import grading
+
+        try:
+            if args.cmd == "grade":
+                rows = grading.grade(args.submissions, args.out, feedback_dir=args.feedback, profile=args.profile,
+                                     solutions=args.solutions, cell_timeout=args.cell_timeout,
+                                     notebook_timeout=args.notebook_timeout,
+                                     exercise_timeout=args.exercise_timeout, run_notebooks=not args.no_run)
+                feedback = args.feedback or args.out.parent / "feedback"
+                print(f"wrote {args.out} ({len(rows)} rows) and feedback in {feedback}")
+            else:
+                for path in grading.nbgrader_course(args.out, args.notebooks or None, profile=args.profile,
+                                                    cell_timeout=args.cell_timeout):
+                    print(f"wrote {path}")
+                print(f"wrote {args.out / 'nbgrader_config.py'}; next: cd {args.out} && nbgrader generate_assignment "
+                      "<notebook stem>")
+        except grading.GradingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         if args.cmd == "build":
             for path in build(args.solutions, args.notebooks):

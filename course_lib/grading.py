@@ -48,10 +48,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import assignments
+from . import nbfiles
 from .checks.verdicts import VERDICT_MIME, verdicts_in
 
-SOLUTIONS = assignments.ROOT / "solutions"
+SOLUTIONS = nbfiles.ROOT / "solutions"
 NOTEBOOK_NAME = re.compile(r"^\d\d_\w+\.ipynb$")
 CHECK_CALL = re.compile(r"\bchecks\.(\w+)\(\s*(\w+)\s*(?:,\s*points\s*=\s*([0-9.]+))?")
 SETUP_TAGS = ("parameters", "setup")
@@ -79,7 +79,7 @@ class Written:
 
 
 def _src(cell: dict) -> str:
-    return assignments._source(cell)
+    return nbfiles._source(cell)
 
 
 def _tags(cell: dict) -> list[str]:
@@ -96,13 +96,13 @@ def exercises(solution: dict) -> tuple[list[Exercise], list[Written]]:
     cells = solution.get("cells", [])
     for i, cell in enumerate(cells):
         src = _src(cell)
-        if cell.get("cell_type") == "markdown" and assignments.BEGIN in src:
+        if cell.get("cell_type") == "markdown" and nbfiles.BEGIN in src:
             question = _src(cells[i - 1]).strip().splitlines()[-1][:200] if i else ""
             written.append(Written(cell["id"], question, float(cell.get("metadata", {}).get("course", {})
                                                                 .get("points", 1))))
         if cell.get("cell_type") != "code":
             continue
-        if assignments.BEGIN in src:
+        if nbfiles.BEGIN in src:
             answer = cell["id"]
             continue
         calls = CHECK_CALL.findall(src)  # one answer cell may hold two functions, checked in one cell
@@ -234,9 +234,9 @@ def grade(submissions: Path, out_csv: Path, *, feedback_dir: Path | None = None,
 
         bar = tqdm(total=len(found), desc="grading", unit="notebook")
     for student, path in found:
-        solution = assignments.load(Path(solutions) / path.name)
+        solution = nbfiles.load(Path(solutions) / path.name)
         try:
-            submission = assignments.load(path)
+            submission = nbfiles.load(path)
         except ValueError as e:
             submission, broken = {"cells": []}, str(e)
         else:
@@ -328,7 +328,7 @@ def nbgrader_notebook(solution: dict) -> dict:
     nbgrader's autograder gives its points only to a right answer."""
     import copy
 
-    nb = assignments.clean(copy.deepcopy(solution))
+    nb = nbfiles.clean(copy.deepcopy(solution))
     exs, written = exercises(nb)
     by_answer = {e.answer_cell: e for e in exs}
     by_check = {e.check_cell: e for e in exs}
@@ -377,7 +377,7 @@ def nbgrader_course(out: Path, notebooks: list[Path] | None = None, *, profile: 
     for p in paths:
         dest = out / "source" / p.stem / p.name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(assignments.dumps(nbgrader_notebook(assignments.load(p))), encoding="utf-8")
+        dest.write_text(nbfiles.dumps(nbgrader_notebook(nbfiles.load(p))), encoding="utf-8")
         written.append(dest)
     return written
 

@@ -81,7 +81,7 @@ def layer(mod: str) -> tuple[str, str]:
     if top in SERVICES:
         return "service", top
     return {"tasks": "task", "models": "model", "tuning": "tuning", "checks": "checks",
-            "assignments": "assignments", "grading": "tooling"}.get(top, "unknown"), leaf
+            "assignments": "assignments", "grading": "tooling", "nbfiles": "tooling"}.get(top, "unknown"), leaf
 
 
 # which kinds each kind may import (besides itself, with the extra rules below)
