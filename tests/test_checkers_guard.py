@@ -230,6 +230,16 @@ def test_student_errors_point_at_the_students_line():
     assert not v and v.reason == "error" and "RuntimeError" in v.message and "torch.zeros(7, 7)" in v.message
 
 
+def test_a_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    checks.lora_forward(lambda x, base, A, B, alpha: base(x) + (alpha / A.shape[0]) * (x @ A.T) @ B.T)
+    checks.block_forward(lambda block, x, causal=False: block(x))  # builds blocks with torch.manual_seed
+    checks.sample_with_temperature(lambda lg, t=1.0, g=None: torch.multinomial(torch.softmax(lg, -1), 1)[:, 0])
+    assert torch.equal(torch.rand(3), want)
+
+
 def test_points_and_verdict_fields():
     v = checks.softmax(good_softmax, points=3)
     assert (v.points, v.max_points, v.reason, v.status) == (3, 3, "correct", "passed") and v.seconds > 0

@@ -4,7 +4,9 @@ A checker takes the student's function, runs it on cases whose answers come from
 reference implementation, reports one verdict with a hint, and returns a :class:`Verdict`
 (truthy when passed). It never raises: an unfinished exercise (``NotImplementedError``) is
 reported as "not implemented yet", any other exception is explained, so the notebook always
-runs on. ``KeyboardInterrupt`` is the one exception that still stops the cell.
+runs on. ``KeyboardInterrupt`` is the one exception that still stops the cell. A check leaves the
+global (CPU) random state as it found it, so a notebook's later cells draw the same numbers whether
+an exercise is done, wrong or unfinished.
 
 Every call of the student's function goes through :class:`~course_lib.checks._guard.Student`:
 copied inputs (mutation is reported as such), a per-call time limit ("took longer than N s"),
@@ -206,7 +208,8 @@ def checker(name: str | None = None, hint: str = "", points: float = 1, forbid: 
             try:
                 assert_unpatched()
                 target = Student(student, check_name, forbid) if callable(student) else student
-                extra = body(target, *args, **kwargs)
+                with torch.random.fork_rng(devices=[]):  # a check cell leaves the notebook's random stream alone
+                    extra = body(target, *args, **kwargs)
                 if getattr(target, "violation", ""):
                     raise GuardFailure(target.violation, "rule")
                 status, reason = "passed", "correct"
