@@ -316,3 +316,5 @@ def test_verdicts_are_display_data_in_a_real_kernel(tmp_path):
     assert out[0]["data"]["text/plain"].startswith("[ok] softmax")
     assert "took longer than 0.5 s" in found[2]["message"]
     assert nb.cells[6].outputs[0]["text"].strip() == "the kernel is still here exit"
+    nbformat.write(nb, tmp_path / "executed.ipynb")  # as saved to disk and read back by a grader
+    assert checks.verdicts_in(str(tmp_path / "executed.ipynb")) == found
