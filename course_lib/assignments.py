@@ -65,14 +65,47 @@ class CheckoutError(RuntimeError):
     ``pyproject.toml``): an installed copy of the library, not a checkout."""
 
 
+# a line that looks like a marker to a reader but is not one to this tool (nor to nbgrader):
+# `## BEGIN SOLUTION`, `###BEGIN SOLUTION`, `### Begin Solution`, `# BEGIN SOLUTION`, ...
+_NEAR_MISS = re.compile(r"^\s*#+\s*(begin|end)\s*(solution|hidden\s*tests)\b", re.I)
+
+
+def _marker_kind(stripped: str) -> str | None:
+    for marker in (BEGIN, END, BEGIN_HIDDEN, END_HIDDEN):
+        if stripped.startswith(marker):
+            return marker
+    return None
+
+
+def _markers_in_strings(source: str, where: str) -> None:
+    """A marker inside a string literal would rewrite the string: refuse it, naming the line."""
+    import io
+    import tokenize
+
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return  # not Python (a %magic, a half-written cell): the line checks still apply
+    for tok in tokens:
+        if tok.type == tokenize.STRING and any(_NEAR_MISS.match(line) for line in tok.string.splitlines()):
+            raise MarkerError(f"{where}, line {tok.start[0]}: a solution marker inside a string literal; "
+                              "markers must be comment lines of their own")
+
+
 def _strip_cell(lines: list[str], cell_type: str, where: str) -> list[str]:
     out: list[str] = []
     region: str | None = None  # "solution" | "hidden"
     region_line = 0
+    if cell_type == "code":
+        _markers_in_strings("\n".join(lines), where)
     for i, line in enumerate(lines, 1):
         stripped = line.strip()
-        if stripped.startswith(BEGIN) or stripped.startswith(BEGIN_HIDDEN):
-            kind = "solution" if stripped.startswith(BEGIN) else "hidden"
+        marker = _marker_kind(stripped)
+        if marker is None and _NEAR_MISS.match(line):
+            raise MarkerError(f"{where}, line {i}: {stripped!r} looks like a solution marker but is not one; "
+                              f"write exactly {BEGIN!r} / {END!r} (or the HIDDEN TESTS pair), or reword the line")
+        if marker in (BEGIN, BEGIN_HIDDEN):
+            kind = "solution" if marker == BEGIN else "hidden"
             if region is not None:
                 raise MarkerError(f"{where}, line {i}: {stripped!r} inside an open {region} region "
                                   f"(opened at line {region_line}); regions cannot nest")
@@ -81,8 +114,8 @@ def _strip_cell(lines: list[str], cell_type: str, where: str) -> list[str]:
                 indent = line[: len(line) - len(line.lstrip())]
                 out.append(f"{indent}raise NotImplementedError()" if cell_type == "code" else ANSWER)
             continue
-        if stripped.startswith(END) or stripped.startswith(END_HIDDEN):
-            kind = "solution" if stripped.startswith(END) else "hidden"
+        if marker in (END, END_HIDDEN):
+            kind = "solution" if marker == END else "hidden"
             if region != kind:
                 raise MarkerError(f"{where}, line {i}: {stripped!r} without a matching "
                                   f"{BEGIN if kind == 'solution' else BEGIN_HIDDEN}")
@@ -96,18 +129,32 @@ def _strip_cell(lines: list[str], cell_type: str, where: str) -> list[str]:
 
 
 def student_version(nb: dict, name: str = "notebook") -> dict:
-    """The student version of a solution notebook (a new dict)."""
+    """The student version of a solution notebook (a new dict). A cell that held a solution also
+    loses its attachments (an image pasted into a model answer would give it away)."""
     nb = copy.deepcopy(nb)
     for idx, cell in enumerate(nb.get("cells", [])):
         where = f"{name}, cell {idx}"
-        lines = _source(cell).split("\n")
-        cell["source"] = "\n".join(_strip_cell(lines, cell.get("cell_type", "code"), where))
+        source = _source(cell)
+        lines = source.split("\n")
+        stripped = "\n".join(_strip_cell(lines, cell.get("cell_type", "code"), where))
+        if stripped != source:
+            cell.pop("attachments", None)
+        cell["source"] = stripped
         _clear(cell)
     return nb
 
 
+COURSE_NOTEBOOK = re.compile(r"^\d\d_[A-Za-z0-9_]+\.ipynb$")
+
+
 def _pairs(solutions: Path, notebooks: Path):
+    """(solution, student notebook) of every course notebook: ``NN_topic.ipynb`` only; anything
+    else in ``solutions/`` (a scratch copy, an ``Untitled.ipynb``) is left out, with a message."""
     for src in sorted(solutions.glob("*.ipynb")):
+        if not COURSE_NOTEBOOK.match(src.name):
+            print(f"ignored {src}: not a course notebook (course notebooks are named NN_topic.ipynb)",
+                  file=sys.stderr)
+            continue
         yield src, notebooks / src.name
 
 
@@ -226,7 +273,7 @@ def build(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebo
     written = []
     for src, dst in _pairs(solutions, notebooks):
         sol_text, text = _expected(src, notebooks, repo)
-        if repo and dumps(load(src)) != sol_text:
+        if src.read_text(encoding="utf-8") != sol_text:  # the badge, the guard, or not yet in Jupyter's format
             src.write_text(sol_text, encoding="utf-8")
         if not dst.exists() or dst.read_text(encoding="utf-8") != text:
             dst.write_text(text, encoding="utf-8")
@@ -262,6 +309,9 @@ def check(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebo
         if repo and dumps(sol) != sol_text:
             problems.append(f"{src}: its Colab badge or install guard does not follow pyproject.toml's "
                             "[project.urls] Repository; run `python -m course_lib.assignments build`")
+        elif src.read_text(encoding="utf-8") != sol_text:
+            problems.append(f"{src}: not written the way Jupyter writes notebooks (a JupyterLab save would "
+                            "change it); run `python -m course_lib.assignments build`")
         if not dst.exists():
             problems.append(f"{dst}: missing; run `python -m course_lib.assignments build`")
         elif dst.read_text(encoding="utf-8") != text:

@@ -35,16 +35,29 @@ def clean(nb: dict) -> dict:
 
 
 def dumps(nb: dict) -> str:
-    """Deterministic notebook JSON (nbformat's layout: indent 1, sorted keys)."""
+    """The notebook's file text exactly as Jupyter writes it: ``nbformat.writes`` (sources as lists
+    of lines, indent 1, sorted keys) plus the final newline ``nbformat.write`` adds, so opening and
+    saving a notebook in JupyterLab leaves ``git diff`` empty. Needs nbformat (the ``test`` / ``dev``
+    extras: building and checking notebooks are maintainers' commands)."""
+    try:
+        import nbformat
+    except ImportError:  # pragma: no cover - the maintainers' environment always has it
+        raise ImportError("writing notebooks needs nbformat: pip install -e '.[dev]' (or nbformat)") from None
     for cell in nb.get("cells", []):
-        src = cell.get("source", "")
-        if isinstance(src, list):
-            cell["source"] = "".join(src)
-    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    text = nbformat.writes(nbformat.from_dict(nb), version=4)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def load(path: Path) -> dict:
+    """A notebook file as a dict, every cell's ``source`` one string (on disk Jupyter stores it as a
+    list of lines)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid notebook JSON: {e}") from None
+    for cell in nb.get("cells", []) if isinstance(nb, dict) else []:
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    return nb

@@ -145,7 +145,7 @@ def test_badges_and_install_guard_follow_pyproject(tmp_path):
     asg.build(sol, stu)
     assert asg.check(sol, stu) == []
     for folder in (sol, stu):
-        cells = json.loads((folder / "01_x.ipynb").read_text())["cells"]
+        cells = asg.load(folder / "01_x.ipynb")["cells"]  # sources joined: Jupyter stores lists of lines
         assert cells[0]["source"] == ("# 01 · X\n\n" + asg.colab_badge("https://github.com/someone/fork",
                                                                       f"{folder.name}/01_x.ipynb") + "\n\nIntro.")
         assert f"github/someone/fork/blob/main/{folder.name}/01_x.ipynb" in cells[0]["source"]

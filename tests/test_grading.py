@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -159,8 +160,10 @@ nbgrader_missing = shutil.which("nbgrader") is None and not (Path(sys.executable
 
 
 def _nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
-    exe = shutil.which("nbgrader") or str(Path(sys.executable).parent / "nbgrader")
-    return subprocess.run([exe, *args], cwd=course, capture_output=True, text=True, timeout=600)
+    bindir = str(Path(sys.executable).parent)  # nbgrader runs alembic from the same environment
+    exe = str(Path(bindir) / "nbgrader") if (Path(bindir) / "nbgrader").exists() else shutil.which("nbgrader")
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
+    return subprocess.run([exe, *args], cwd=course, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.skipif(nbgrader_missing, reason="nbgrader is not installed (pip install -e '.[test]')")
