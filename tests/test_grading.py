@@ -111,6 +111,8 @@ def test_gradebook_gives_the_point_only_to_the_right_answer(graded):
     assert softmax["exits"]["reason"] == "exit"
     assert softmax["forbidden"]["reason"] == "rule"
     assert all(float(r["max_points"]) == 1 for r in softmax.values())
+    written = [r for r in table if r["student"] == "right" and r["status"] == "manual"]
+    assert len(written) == 1 and written[0]["exercise"] == "written:written-answer"  # for the instructor
 
 
 def test_each_student_gets_feedback_with_verdicts_and_hints(graded):
@@ -131,6 +133,17 @@ def test_the_headless_run_saw_the_fake_verdicts_that_earned_nothing(graded):
                       if o.get("output_type") == "stream")
     assert "softmax" in printed or executed["cells"]  # the kernel ran the student's notebook
     assert not any(v["passed"] for v in grading.verdicts_in(executed) if v["exercise"] == "softmax")
+
+
+def test_every_notebook_asks_a_question_answered_in_words():
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        sol = assignments.load(path)
+        _, written = grading.exercises(sol)
+        assert written, f"{path.name} asks no written question"
+        answer = next(c for c in sol["cells"] if c["id"] == written[0].cell)
+        assert "A model answer." in answer["source"] and len(answer["source"]) > 200
+        student = assignments.load(ROOT / "notebooks" / path.name)
+        assert next(c for c in student["cells"] if c["id"] == written[0].cell)["source"] == "YOUR ANSWER HERE"
 
 
 def test_a_folder_without_notebooks_is_a_clear_error(tmp_path):
