@@ -111,15 +111,47 @@ def sha256_of(path: Path) -> str:
 
 
 def _verify(path: Path, asset: Asset) -> str | None:
-    """None when ``path`` holds the asset, else a reason."""
-    if asset.size is not None:
-        size = path.stat().st_size
-        if size != asset.size:
-            return f"size {size} bytes, expected {asset.size}"
-    digest = sha256_of(path)
+    """None when ``path`` holds the asset, else a reason (an unreadable file is a reason too, so
+    the next source is tried instead of a raw OSError)."""
+    try:
+        if not path.is_file():
+            return "not a regular file (a folder or a broken link)"
+        if asset.size is not None:
+            size = path.stat().st_size
+            if size != asset.size:
+                return f"size {size} bytes, expected {asset.size}"
+        digest = sha256_of(path)
+    except OSError as e:
+        return f"unreadable ({type(e).__name__}: {e.strerror or e})"
     if digest != asset.sha256:
         return f"sha256 {digest}, expected {asset.sha256}"
     return None
+
+
+def _asset_lock(asset: Asset):
+    """A file lock per asset in the cache, so concurrent fetches (several notebooks, several
+    processes) verify, remove and download one at a time; a cache folder that cannot hold a lock
+    file (read-only) gets none, and the fetch goes on without it."""
+    import contextlib
+
+    from filelock import FileLock
+
+    try:
+        folder = cache_dir() / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / f"{asset.filename}.lock"))
+        lock.acquire(timeout=600)
+    except OSError:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        try:
+            yield
+        finally:
+            lock.release()
+
+    return held()
 
 
 def _download(url: str, dest: Path, asset: Asset, progress: bool, timeout: float) -> None:
@@ -165,26 +197,19 @@ def fetch_asset(asset: Asset, *, progress: bool | None = None, offline: bool | N
         offline = os.environ.get("COURSE_OFFLINE", "") not in ("", "0")
     cached = cache_dir() / asset.filename
     problems: list[str] = []
-    if cached.exists():
-        reason = _verify(cached, asset)
-        if reason is None:
-            return cached
-        problems.append(f"cached copy {cached} is corrupt ({reason}) and was removed")
-        cached.unlink()
-    for folder in mirror_dirs():
-        candidate = folder / asset.filename
-        if candidate.exists():
-            reason = _verify(candidate, asset)
-            if reason is None:
-                return candidate
-            problems.append(f"mirror copy {candidate} does not match ({reason}); ignored")
-    if not offline:
-        for url in asset.urls:
-            try:
-                _download(url, cached, asset, progress, timeout)
-                return cached
-            except DataError as e:
-                problems.append(str(e))
+    with _asset_lock(asset):
+        found = _first_good_copy(asset, cached, problems)
+        if found is not None:
+            return found
+        if not offline:
+            for url in asset.urls:
+                try:
+                    _download(url, cached, asset, progress, timeout)
+                    return cached
+                except DataError as e:
+                    problems.append(str(e))
+        else:
+            problems.append("not downloaded: offline (COURSE_OFFLINE is set)")
     where = ", ".join(str(m) for m in mirror_dirs()) or "(COURSE_DATA_MIRROR not set)"
     detail = "".join(f"\n  - {p}" for p in problems)
     raise DataError(
@@ -195,6 +220,39 @@ def fetch_asset(asset: Asset, *, progress: bool | None = None, offline: bool | N
         f"To fix: download it on a machine with internet and put it at {cached} "
         f"or in a folder named by COURSE_DATA_MIRROR." + detail
     )
+
+
+def _first_good_copy(asset: Asset, cached: Path, problems: list[str]) -> Path | None:
+    """The cached copy, else the first mirror's, that verifies; every source that fails (corrupt,
+    unreadable, a folder, not removable) is noted in ``problems`` and the next one is tried."""
+    if cached.exists() or cached.is_symlink():
+        reason = _verify(cached, asset)
+        if reason is None:
+            return cached
+        try:
+            if cached.is_dir() and not cached.is_symlink():
+                problems.append(f"cache entry {cached} is {reason}; left alone (remove it yourself)")
+            else:
+                cached.unlink(missing_ok=True)  # another process may have removed it already
+                problems.append(f"cached copy {cached} is corrupt ({reason}) and was removed")
+        except OSError as e:
+            problems.append(f"cached copy {cached} is corrupt ({reason}) and could not be removed "
+                            f"({type(e).__name__}: {e.strerror or e}); set COURSE_DATA_DIR to a folder you can write")
+    for folder in mirror_dirs():
+        candidate = folder / asset.filename
+        try:
+            present = candidate.exists()
+        except OSError as e:
+            problems.append(f"mirror {folder} is unreadable ({type(e).__name__}: {e.strerror or e}); skipped")
+            continue
+        if not present:
+            problems.append(f"mirror {folder}: no {asset.filename}")
+            continue
+        reason = _verify(candidate, asset)
+        if reason is None:
+            return candidate
+        problems.append(f"mirror copy {candidate} does not match ({reason}); ignored")
+    return None
 
 
 def fetch(name: str, **kwargs) -> Path:
@@ -238,6 +296,11 @@ def fetch_hf(repo_id: str, filename: str, *, revision: str | None = None, offlin
         raise ValueError(f"repo_id must look like 'owner/name' (or a bare model name), got {repo_id!r}")
     if not isinstance(filename, str) or not filename.strip():
         raise ValueError(f"filename must be a non-empty file name in the repository, got {filename!r}")
+    parts = filename.replace("\\", "/").split("/")
+    if filename.startswith(("/", "\\")) or Path(filename).is_absolute() or ".." in parts or ":" in parts[0]:
+        raise ValueError(f"filename must be a path inside the repository (no absolute path, no '..'), got {filename!r}")
+    if any(p in ("", ".", "..") for p in repo_id.split("/")):
+        raise ValueError(f"repo_id must look like 'owner/name' (or a bare model name), got {repo_id!r}")
     if offline is None:
         offline = os.environ.get("COURSE_OFFLINE", "") not in ("", "0")
     flat = repo_id.replace("/", "--")
