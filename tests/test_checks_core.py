@@ -8,7 +8,10 @@ from course_lib import checks
 
 
 def reference(x):
-    return torch.softmax(x, dim=-1)
+    # the exercise forbids torch.softmax (tests/test_checkers_guard.py shows it rejected), so the
+    # correct answer here is the stable formula written out
+    z = (x - x.max(dim=-1, keepdim=True).values).exp()
+    return z / z.sum(dim=-1, keepdim=True)
 
 
 def naive(x):  # overflows for large inputs
@@ -16,7 +19,8 @@ def naive(x):  # overflows for large inputs
 
 
 def wrong_dim(x):  # normalises the wrong axis
-    return torch.softmax(x, dim=0)
+    z = (x - x.max(dim=0, keepdim=True).values).exp()
+    return z / z.sum(dim=0, keepdim=True)
 
 
 def unnormalised(x):
