@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import profile as _profile
-from .checkpoint import resume_training_state, save_training_state
+from .checkpoint import resume_training_state, run_settings, save_training_state
 from .device import CompiledOrEager, autocast_policy, get_device
 from .measure import RunClock, time_apart
 
@@ -284,7 +284,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None, eval_every: int | None = None,
         log_every: int = 10, device: torch.device | str | None = None, amp: bool = True, compile: bool = False,
         progress: bool | None = None, checkpoint_path: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = True, stop_at: int | None = None,
+        checkpoint_every: int | None = None, resume: bool | str = True, stop_at: int | None = None,
         max_seconds: float | None = None, tokens_per_step: int | None = None, flops_per_token: float | None = None,
         peak_flops: float | None = None, optimizer: torch.optim.Optimizer | None = None,
         timing_skip: int = 0) -> History:
@@ -296,7 +296,11 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     ends the run early at that step, as if interrupted (the schedule still spans ``steps``);
     ``max_seconds`` ends it after a wall-clock budget. With ``checkpoint_path`` a checkpoint is
     written every ``checkpoint_every`` steps and at the end, and an existing one is resumed from
-    when ``resume`` is true. ``tokens_per_step`` (tokens in one micro-batch) gives tokens/s, with
+    when ``resume`` is true. A checkpoint records the run's settings (the model's ``config``, ``optim``,
+    ``steps``, ``accum_steps``, the optimizer's class) and its history; resuming it with other
+    settings is a ValueError naming each difference, unless ``resume="changed-settings"``: then the
+    run continues with the new settings and warns what changed. ``tokens_per_step`` (tokens in one
+    micro-batch) gives tokens/s, with
     ``flops_per_token`` MFU; ``timing_skip`` leaves the first steps of this call out of both
     (compilation and allocator warm-up), so a benchmark reports the steady state; evaluation and
     periodic checkpoint writes are never counted as training time. ``compile=True`` runs the
@@ -306,6 +310,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     before anything is loaded: a run never rewrites a checkpoint as an earlier step.
     """
     optim = _checked(steps, accum_steps, timing_skip, optim)
+    if resume not in (True, False, "changed-settings"):
+        raise ValueError(f"resume must be True, False or 'changed-settings', got {resume!r}")
     dev = torch.device(device) if device is not None else get_device()
     model.to(dev)
     policy = autocast_policy(dev, enabled=amp)
@@ -313,7 +319,10 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
     scaler = torch.amp.GradScaler("cuda") if policy.use_grad_scaler else None
     eval_every = max(1, steps // 10) if eval_every is None else eval_every
     end = steps if stop_at is None else min(steps, stop_at)
-    start, saved = resume_training_state(checkpoint_path if resume else None, model, opt, scaler, until=end)
+    settings = run_settings(model, optim=optim, steps=steps, accum_steps=accum_steps, optimizer=type(opt).__name__)
+    start, saved = resume_training_state(checkpoint_path if resume else None, model, opt, scaler, until=end,
+                                         settings=settings, allow_changes=resume == "changed-settings",
+                                         opt_in="resume='changed-settings'")
     runner = CompiledOrEager(model, compile)
     history = History(**saved)
     next_batch = batch_source(data, skip=start * accum_steps)
@@ -321,7 +330,8 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
 
     def save(step: int) -> None:
         if checkpoint_path is not None:
-            save_training_state(checkpoint_path, step, model, opt, scaler, history.checkpointed())
+            log.flush(history)  # the history up to this step goes into the checkpoint
+            save_training_state(checkpoint_path, step, model, opt, scaler, history.checkpointed(), settings)
 
     def save_periodic(step: int) -> None:  # timed apart from training
         with time_apart(dev, lambda s: setattr(history, "checkpoint_seconds", history.checkpoint_seconds + s)):
