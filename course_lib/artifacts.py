@@ -108,6 +108,7 @@ def get(recipe: Recipe | str, *, profile: str | None = None, retrain: bool = Fal
                 return model.to(device).eval(), meta
             if problem:
                 warnings.warn(f"artifact {weights}: {problem}; training it again", RuntimeWarning, stacklevel=2)
+        _profile.require_runnable(prof)  # loading a cached gpu artifact is fine; training one needs CUDA
         model = recipe.build(config)
         meta: dict[str, Any] = dict(recipe.train(model, config) or {})
         meta.update(recipe=name, version=recipe.version, profile=prof, config=config, key=k)

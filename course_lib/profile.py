@@ -1,7 +1,10 @@
 """Run profiles: ``smoke`` (CI, seconds), ``cpu`` (a 2-core laptop, minutes), ``gpu`` (one GPU).
 
 The active profile comes from the ``COURSE_PROFILE`` environment variable; without it the
-course picks ``gpu`` when CUDA is available and ``cpu`` otherwise. A notebook's ``parameters``
+course picks ``gpu`` when CUDA is available and ``cpu`` otherwise. Choosing ``gpu`` without CUDA
+(``COURSE_PROFILE=gpu``, ``PROFILE = "gpu"``) is an error where a run starts (:func:`use`,
+building an artifact), since the gpu sizes would train for about a day on a CPU; set
+``COURSE_ALLOW_GPU_PROFILE_ON_CPU=1`` to mean it. A notebook's ``parameters``
 cell holds plain values that papermill can set (``PROFILE = None``, ``CFG_OVERRIDES = {}``); its
 setup cell makes them the run's settings, visibly::
 
@@ -40,6 +43,23 @@ def _validate(value: str, what: str) -> str:
     return v
 
 
+ALLOW_GPU_ON_CPU = "COURSE_ALLOW_GPU_PROFILE_ON_CPU"
+
+
+def require_runnable(value: str) -> str:
+    """``value`` (a profile name) when this machine can run it: ``gpu`` needs CUDA, unless
+    ``COURSE_ALLOW_GPU_PROFILE_ON_CPU=1`` says the caller means it. Otherwise a ValueError that
+    says so and how to go on."""
+    if value == "gpu" and os.environ.get(ALLOW_GPU_ON_CPU, "").strip() != "1":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("the gpu profile needs CUDA, which is not available here (its sizes would train "
+                             "for about a day on a CPU); use PROFILE='cpu' (or COURSE_PROFILE=cpu), or set "
+                             f"{ALLOW_GPU_ON_CPU}=1 to run the gpu sizes on this machine anyway")
+    return value
+
+
 def name() -> str:
     """The active profile name, validated."""
     value = os.environ.get("COURSE_PROFILE", "").strip()
@@ -50,14 +70,15 @@ def use(value: str | None) -> str:
     """Make ``value`` the active profile of this process (and of the processes it starts) and
     return it; ``None`` or ``""`` keep the active one. A notebook calls it with its ``PROFILE``
     parameter, so ``papermill -p PROFILE smoke`` sets the sizes, the cached artifacts and what
-    ``results.record`` writes, all at once.
+    ``results.record`` writes, all at once. The gpu profile without CUDA is a ValueError
+    (:func:`require_runnable`).
 
     >>> use(None) in PROFILES
     True
     """
     if value is None or not str(value).strip():
-        return name()
-    chosen = _validate(value, "PROFILE")
+        return require_runnable(name())
+    chosen = require_runnable(_validate(value, "PROFILE"))
     os.environ["COURSE_PROFILE"] = chosen
     return chosen
 
