@@ -8,11 +8,9 @@
 * regions between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed;
 * outputs, execution counts and execution metadata are cleared.
 
-The course's public address is named in one place, ``[project.urls] Repository`` of
-``pyproject.toml``; ``build`` writes from it each notebook's "Open in Colab" badge (first
-markdown cell; a solution's badge opens the solution, a student version's the student version)
-and the install guard that starts each ``parameters`` cell (:func:`install_guard`), into
-``solutions/`` and ``notebooks/``; ``check`` fails when either is out of date.
+``build`` also writes, from ``[project.urls] Repository`` of ``pyproject.toml`` (the one place
+naming the course's address), every "Open in Colab" badge and the :func:`install_guard` that
+starts each ``parameters`` cell; ``check`` fails when one is out of date.
 
 CLI (in a checkout of the course)::
 
@@ -53,7 +51,7 @@ else:  # pragma: no cover - Python 3.10
 BRANCH = "main"
 COLAB_DRIVE = "/content/drive/MyDrive"  # where Colab mounts Google Drive
 GUARD_FIRST_LINE = "# Colab or a bare kernel: install the course first (where course_lib imports, this does nothing)"
-_BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)\s*$")
+_BADGE = re.compile(r"^\[!\[Open in Colab\]\([^)]*\)\]\([^)]*\)[ \t]*$", re.M)
 
 
 class MarkerError(ValueError):
@@ -61,8 +59,7 @@ class MarkerError(ValueError):
 
 
 class CheckoutError(RuntimeError):
-    """``build`` or ``check`` run where there is no course to build (no ``solutions/``, no
-    ``pyproject.toml``): an installed copy of the library, not a checkout."""
+    """``build`` or ``check`` where there is no course to build: an installed copy, not a checkout."""
 
 
 # a line that looks like a marker to a reader but is not one to this tool (nor to nbgrader):
@@ -181,14 +178,10 @@ def colab_badge(repo: str, path: str) -> str:
 
 
 def install_guard(source: str, drive: str = COLAB_DRIVE) -> str:
-    """The first lines of every ``parameters`` cell. Where ``course_lib`` is not importable
-    (Colab, a bare kernel) they pip-install the course from ``source`` (``git+<repository>@main``)
-    into the kernel's own Python. Where Google Drive is mounted at ``drive`` (Colab only; also
-    after a runtime restart, when the course is already installed) they keep the data cache and
-    the trained artifacts there, so that they outlive the session. In a checkout set up with
-    ``make``, or after a ``pip install``, they do nothing."""
-    # no assignment at the cell's top level but the parameters: papermill reads every `NAME = ...`
-    # line of the cell (indented ones too) as a parameter
+    """The first lines of every ``parameters`` cell: where ``course_lib`` does not import (Colab, a
+    bare kernel), pip-install the course from ``source`` into the kernel's Python; where Drive is
+    mounted at ``drive`` (Colab, also after a restart), keep the data cache and trained models there.
+    In a set-up checkout they do nothing. No ``NAME = ...`` line: papermill would list it as a parameter."""
     return "\n".join([
         GUARD_FIRST_LINE,
         "import importlib.util, os, subprocess, sys",
@@ -208,25 +201,18 @@ def guard_source(repo: str) -> str:
 
 
 def _with_badge(text: str, badge: str) -> str:
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if _BADGE.match(line.strip()):
-            lines[i] = badge
-            return "\n".join(lines)
-    return "\n".join(lines[:1] + ["", badge] + lines[1:])  # after the title
+    new, found = _BADGE.subn(lambda _: badge, text, count=1)
+    return new if found else "\n".join(text.split("\n")[:1] + ["", badge] + text.split("\n")[1:])  # after the title
 
 
 def _with_guard(text: str, guard: str) -> str:
-    lines = text.split("\n")
-    if lines and lines[0] == GUARD_FIRST_LINE:  # replace the old guard, up to its blank line
-        end = lines.index("") if "" in lines else len(lines)
-        lines = lines[end + 1:]
-    return guard + "\n\n" + "\n".join(lines)
+    if text.startswith(GUARD_FIRST_LINE + "\n"):  # replace the old guard, up to its blank line
+        text = text.partition("\n\n")[2]
+    return guard + "\n\n" + text
 
 
 def sync_public_address(nb: dict, repo: str, path: str) -> dict:
-    """A copy of ``nb`` whose first markdown cell carries the badge of ``path`` and whose
-    ``parameters`` cell starts with the install guard, both from ``repo``."""
+    """A copy of ``nb`` with the badge of ``path`` and the install guard, both from ``repo``."""
     nb = copy.deepcopy(nb)
     cells = nb.get("cells", [])
     md = next((c for c in cells if c.get("cell_type") == "markdown"), None)
@@ -240,15 +226,13 @@ def sync_public_address(nb: dict, repo: str, path: str) -> dict:
 
 def _require_checkout(solutions: Path) -> None:
     if not Path(solutions).is_dir():
-        raise CheckoutError(
-            f"no solutions folder at {solutions}: `build` and `check` work on a checkout of the course "
-            "(git clone it; the address is in pyproject.toml's [project.urls]), or pass --solutions and "
-            "--notebooks. An installed course_lib has no notebooks to build.")
+        raise CheckoutError(f"no solutions folder at {solutions}: `build` and `check` work on a checkout of the "
+                            "course (git clone it), or pass --solutions and --notebooks; an installed "
+                            "course_lib has no notebooks to build")
 
 
 def _repo_beside(solutions: Path) -> str | None:
-    """The repository named by the pyproject.toml beside ``solutions/``; None when there is none
-    (a folder of notebooks that is not a course checkout: badges and guards are left alone)."""
+    """The repository of the pyproject.toml beside ``solutions/``; None without one (badges left alone)."""
     root = Path(solutions).resolve().parent
     return repository(root) if (root / "pyproject.toml").is_file() else None
 
@@ -290,12 +274,7 @@ def check(solutions: Path = ROOT / "solutions", notebooks: Path = ROOT / "notebo
     """Problems found (empty when ``notebooks/`` equals a fresh build, badges and guards follow
     pyproject.toml and nothing has outputs). Raises :class:`CheckoutError` outside a checkout."""
     _require_checkout(solutions)
-    problems = []
-    expected_names = set()
-    try:
-        repo = _repo_beside(solutions)
-    except CheckoutError as e:
-        return [str(e)]
+    problems, expected_names, repo = [], set(), _repo_beside(solutions)
     for src, dst in _pairs(solutions, notebooks):
         expected_names.add(dst.name)
         try:
@@ -329,17 +308,15 @@ def _jupytext():
     try:
         import jupytext
     except ImportError:
-        raise SystemExit("from-py and to-py need jupytext: pip install -e '.[dev]' (or pip install jupytext)") from None
+        raise SystemExit("from-py and to-py need jupytext: pip install -e '.[dev]'") from None
     return jupytext
 
 
 def from_py(text: str) -> dict:
-    """A notebook from percent-format Python (``# %%``, ``# %% [markdown]``,
-    ``# %% tags=["parameters"]``), read by jupytext; outputs empty, no jupytext metadata."""
+    """A notebook from percent-format Python (``# %%``, ``# %% [markdown]``, ``# %% tags=[...]``), by jupytext."""
     nb = json.loads(_jupytext().writes(_jupytext().reads(text, fmt="py:percent"), fmt="ipynb"))
     nb.get("metadata", {}).pop("jupytext", None)
-    nb.setdefault("metadata", {}).setdefault(
-        "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    nb["metadata"].setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i:03d}"
         cell["source"] = _source(cell)
