@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .validate import InputTypeError, id_list
+
 R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 IGNORE = -100  # label of positions no loss counts (F.cross_entropy's ignore_index)
 GPT2_EOT, GPT2_EOT_ID = "<|endoftext|>", 50256
@@ -95,7 +97,7 @@ class CharTokenizer:
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Character ids of ``text``, after ``<bos>`` and before ``<eos>`` when asked for."""
         if not isinstance(text, str):
-            raise ValueError(f"expected a string, got {type(text).__name__}")
+            raise InputTypeError(f"expected a string, got {type(text).__name__}")
         if not text and self.specials:
             raise ValueError("expected a non-empty string, got '' (this tokenizer has special tokens, "
                              f"{self.specials}: it encodes sequences to pad into batches, and an empty "
@@ -115,9 +117,7 @@ class CharTokenizer:
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def _ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = [int(i) for i in ids]
+        out = id_list(ids)
         for i in out:
             if not 0 <= i < len(self.itos):
                 raise ValueError(f"token id {i} out of range; expected 0 <= id < {len(self.itos)}")
@@ -347,7 +347,7 @@ class BPETokenizer:
         """Text -> token ids. Special tokens (e.g. ``<|endoftext|>``) are only recognised when
         named in ``allowed_special`` (or ``"all"``); otherwise they are encoded as plain text."""
         if not isinstance(text, str):
-            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+            raise InputTypeError(f"encode expects a str, got {type(text).__name__}")
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
@@ -380,11 +380,8 @@ class BPETokenizer:
         return out
 
     def decode_bytes(self, ids: Sequence[int] | torch.Tensor) -> bytes:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
         parts = []
-        for i in ids:
-            i = int(i)
+        for i in id_list(ids):
             b = self.decoder.get(i)
             if b is None:
                 s = self.special_decoder.get(i)

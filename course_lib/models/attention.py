@@ -27,6 +27,8 @@ import math
 import torch
 from torch import nn
 
+from ..validate import InputTypeError, floating
+
 __all__ = [
     "weighted_average", "attention_weights", "scaled_dot_product_attention", "self_attention",
     "multi_head_self_attention",
@@ -81,8 +83,12 @@ def attention_weights(Q: torch.Tensor, K: torch.Tensor, mask: torch.Tensor | Non
     True = may attend. Returns A (..., n_q, n_k); rows sum to 1 (0 for a fully masked row).
     The softmax runs in float32 for half-precision inputs and is cast back.
     """
+    floating(Q, "Q")
+    floating(K, "K")
     if Q.dim() < 2 or K.dim() < 2:
         raise ValueError(f"Q and K must be at least 2-D (n, d_Q), got {tuple(Q.shape)} and {tuple(K.shape)}")
+    if Q.dtype != K.dtype:
+        raise InputTypeError(f"Q and K must have the same dtype, got Q {Q.dtype} and K {K.dtype}")
     if Q.size(-1) != K.size(-1):
         raise ValueError(f"queries and keys need the same d_Q: Q has {Q.size(-1)} (shape {tuple(Q.shape)}), "
                          f"K has {K.size(-1)} (shape {tuple(K.shape)})")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..validate import token_ids
 from .lm import masked_lm_loss
 from .transformer import MLP, MultiHeadAttention, TransformerEncoder
 from .vit import PatchEmbedding, check_images
@@ -116,7 +117,8 @@ class Captioner(nn.Module):
         return self.encoder.grid
 
     def decode(self, feats: torch.Tensor, tokens: torch.Tensor, return_weights: bool = False):
-        if tokens.dim() != 2 or tokens.size(0) != feats.size(0):
+        token_ids(tokens, self.vocab_size, "tokens", dim=2)  # the range in eager mode only
+        if tokens.size(0) != feats.size(0):
             raise ValueError(f"expected tokens (B={feats.size(0)}, T), received {tuple(tokens.shape)}")
         T = tokens.size(1)
         if T > self.max_len:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tokenizers import IGNORE
+from ..validate import positive_int, strings, token_ids
 from .captioner import PatchEncoder
 from .lm import length_groups, masked_lm_loss
 
@@ -85,8 +86,9 @@ class VisualLM(nn.Module):
         return self.lm(embeds=embeds)
 
     def forward(self, images: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        token_ids(x, self.lm.config.vocab_size, "x (text ids)", dim=2)
         img = self.image_tokens(images)
-        if x.dim() != 2 or x.size(0) != img.size(0):
+        if x.size(0) != img.size(0):
             raise ValueError(f"expected text ids (B={img.size(0)}, T), received {tuple(x.shape)}")
         return self.lm_logits(torch.cat([img, self.lm.wte(x)], dim=1))
 
@@ -95,6 +97,7 @@ class VisualLM(nn.Module):
         embeddings joined by ``prefix`` (:func:`prefix_sequence`, or a function with its signature),
         then :func:`course_lib.models.lm.masked_lm_loss`."""
         images, x, y = batch
+        token_ids(x, self.lm.config.vocab_size, "x (text ids)", dim=2)
         embeds, labels = prefix(self.image_tokens(images), self.lm.wte(x), y)
         return masked_lm_loss(self.lm_logits(embeds), labels)
 
@@ -102,6 +105,8 @@ class VisualLM(nn.Module):
     def answer(self, images: torch.Tensor, prompts: Sequence[str], tokenizer, max_new_tokens: int = 12,
                batch_size: int = 256) -> list[str]:
         """Greedy answers to ``prompts`` about ``images`` (one each), cut at the first newline."""
+        prompts = strings(prompts, "prompts")
+        positive_int(batch_size, "batch_size")
         if len(images) != len(prompts):
             raise ValueError(f"expected one prompt per image, received {len(images)} images and {len(prompts)} prompts")
         was = self.training

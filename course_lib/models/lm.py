@@ -19,7 +19,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..device import is_compiling
 from ..tokenizers import IGNORE
+from ..validate import non_negative_int, positive_int, sampling, strings, token_ids
 from .rnn import sample_with_temperature
 
 
@@ -51,6 +53,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token ids (B, 1) from last-position logits (B, V). ``temperature=0`` is greedy."""
+    sampling(temperature, top_k, top_p)
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
     if temperature == 0 or (top_k is None and top_p is None):
@@ -76,10 +79,10 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
     A sequence longer than the context is an error unless ``slide=True``, which conditions on
     the last ``block_size`` tokens (once the window is full the cache is rebuilt every step).
     """
-    if idx.dim() != 2:
-        raise ValueError(f"idx must be (B, n) token ids, got shape {tuple(idx.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be (B, n) token ids, got shape {tuple(getattr(idx, 'shape', ()))}")
+    non_negative_int(max_new_tokens, "max_new_tokens")
+    sampling(temperature, top_k, top_p)  # before the first forward pass, not after it
     bs = model.config.block_size
     if not slide and idx.size(1) + max_new_tokens > bs:
         raise ValueError(f"prompt ({idx.size(1)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
@@ -107,6 +110,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, *, temperature: floa
 def length_groups(encoded: Sequence[Sequence[int]], batch_size: int):
     """Yield ``(n, indices)``: chunks of at most ``batch_size`` prompts that all have ``n`` tokens,
     shortest first, so each chunk is a rectangle and decodes without padding."""
+    positive_int(batch_size, "batch_size")
     by_len: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_len.setdefault(len(ids), []).append(i)
@@ -120,6 +124,10 @@ def continuation_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
                      generator: torch.Generator | None = None, batch_size: int = 256) -> list[list[int]]:
     """The token ids each prompt continues with (``max_new_tokens`` of them, fewer if the context
     ends first), generated in length groups with the KV cache; ``temperature=0`` is greedy."""
+    prompts = strings(prompts, "prompts")
+    positive_int(max_new_tokens, "max_new_tokens")
+    positive_int(batch_size, "batch_size")
+    sampling(temperature)
     device = next(model.parameters()).device
     encoded = [tokenizer.encode(p) for p in prompts]
     block = model.config.block_size
@@ -148,6 +156,14 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 3 or logits.shape[:2] != labels.shape:
         raise ValueError(f"logits must be (B, T, V) matching labels (B, T) = {tuple(labels.shape)}, "
                          f"got {tuple(logits.shape)}")
-    if not (labels != IGNORE).any():
-        raise ValueError("every label is IGNORE: nothing to learn from in this batch")
+    token_ids(labels, None, "labels", non_empty=False)  # the dtype; the values are checked below
+    if not is_compiling():  # one host sync for both checks
+        V = logits.size(-1)
+        bad = ((labels < 0) & (labels != IGNORE)) | (labels >= V)
+        some, wrong = torch.stack([(labels != IGNORE).any(), bad.any()]).tolist()
+        if wrong:
+            raise ValueError(f"labels must be token ids in [0, {V}) or IGNORE ({IGNORE}), got values in "
+                             f"[{int(labels[labels != IGNORE].min())}, {int(labels.max())}]")
+        if not some:
+            raise ValueError("every label is IGNORE: nothing to learn from in this batch")
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)

@@ -25,12 +25,10 @@ import torch
 from torch import nn
 
 from ..device import is_compiling
+from ..validate import number, shape_of, token_ids
 
 CELLS = ("rnn", "gru", "lstm")
 
-
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
 
 
 def rnn_cell(x_t: torch.Tensor, h_prev: torch.Tensor, W_xh: torch.Tensor, W_hh: torch.Tensor,
@@ -44,18 +42,18 @@ def rnn_cell(x_t: torch.Tensor, h_prev: torch.Tensor, W_xh: torch.Tensor, W_hh: 
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if W_xh.dim() != 2:
-        raise ValueError(f"W_xh must be 2-D (d, H), got shape {_shape(W_xh)}")
+        raise ValueError(f"W_xh must be 2-D (d, H), got shape {shape_of(W_xh)}")
     d, H = W_xh.shape
-    if _shape(W_hh) != (H, H):
-        raise ValueError(f"W_hh must have shape (H, H) = ({H}, {H}) to match W_xh {_shape(W_xh)}, "
-                         f"got {_shape(W_hh)}")
-    if _shape(b_h) != (H,):
-        raise ValueError(f"b_h must have shape (H,) = ({H},), got {_shape(b_h)}")
+    if shape_of(W_hh) != (H, H):
+        raise ValueError(f"W_hh must have shape (H, H) = ({H}, {H}) to match W_xh {shape_of(W_xh)}, "
+                         f"got {shape_of(W_hh)}")
+    if shape_of(b_h) != (H,):
+        raise ValueError(f"b_h must have shape (H,) = ({H},), got {shape_of(b_h)}")
     if x_t.dim() not in (1, 2) or x_t.shape[-1] != d:
-        raise ValueError(f"x_t must have shape (B, d) or (d,) with d = {d}, got {_shape(x_t)}")
+        raise ValueError(f"x_t must have shape (B, d) or (d,) with d = {d}, got {shape_of(x_t)}")
     if h_prev.dim() != x_t.dim() or h_prev.shape[-1] != H or (x_t.dim() == 2 and h_prev.shape[0] != x_t.shape[0]):
         expected = f"({x_t.shape[0]}, {H})" if x_t.dim() == 2 else f"({H},)"
-        raise ValueError(f"h_prev must have shape {expected} to match x_t {_shape(x_t)}, got {_shape(h_prev)}")
+        raise ValueError(f"h_prev must have shape {expected} to match x_t {shape_of(x_t)}, got {shape_of(h_prev)}")
     return torch.tanh(x_t @ W_xh + h_prev @ W_hh + b_h)
 
 
@@ -86,15 +84,15 @@ class RNN(nn.Module):
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(f"x must have shape (B, T, d) with d = {self.input_size}, got {_shape(x)}")
+            raise ValueError(f"x must have shape (B, T, d) with d = {self.input_size}, got {shape_of(x)}")
         B, T, _ = x.shape
         if T == 0:
-            raise ValueError(f"x is an empty sequence (T = 0), shape {_shape(x)}; need T >= 1")
+            raise ValueError(f"x is an empty sequence (T = 0), shape {shape_of(x)}; need T >= 1")
         expected = (self.n_layers, B, self.hidden_size)
         if h0 is None:
             h0 = x.new_zeros(expected)
-        elif _shape(h0) != expected:
-            raise ValueError(f"h0 must have shape (n_layers, B, H) = {expected}, got {_shape(h0)}")
+        elif shape_of(h0) != expected:
+            raise ValueError(f"h0 must have shape (n_layers, B, H) = {expected}, got {shape_of(h0)}")
         layer_in = x
         finals = []
         for layer in range(self.n_layers):
@@ -167,15 +165,8 @@ class RNNLanguageModel(nn.Module):
         self.head = nn.Linear(d_hidden, vocab_size)
 
     def _check_ids(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in (torch.long, torch.int32, torch.int64):
-            got = f"{_shape(x)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be a (B, T) tensor of token ids (torch.long), got {got}")
-        if x.shape[1] == 0 or x.shape[0] == 0:
-            raise ValueError(f"x is empty, shape {_shape(x)}; need B >= 1 and T >= 1")
-        # reading the values syncs with the device and splits a compiled graph: eager mode only
-        if not is_compiling() and bool(((x < 0) | (x >= self.vocab_size)).any()):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got values in "
-                             f"[{int(x.min())}, {int(x.max())}]")
+        # integer (B, T), non-empty; the range check reads values on the host: eager mode only
+        token_ids(x, self.vocab_size, "x (a (B, T) tensor of token ids)", dim=2)
 
     def forward_with_state(self, x: torch.Tensor, state=None, *, checked: bool = True):
         """(logits (B, T, V), state): the state is h (n_layers, B, H), or (h, c) for the LSTM.
@@ -197,16 +188,13 @@ def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"logits must have shape (B, T, V), got "
-                         f"{_shape(logits) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
-    if not isinstance(targets, torch.Tensor) or _shape(targets) != _shape(logits)[:2]:
-        raise ValueError(f"targets must have shape (B, T) = {_shape(logits)[:2]}, got "
-                         f"{_shape(targets) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
+                         f"{shape_of(logits) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if not isinstance(targets, torch.Tensor) or shape_of(targets) != shape_of(logits)[:2]:
+        raise ValueError(f"targets must have shape (B, T) = {shape_of(logits)[:2]}, got "
+                         f"{shape_of(targets) if isinstance(targets, torch.Tensor) else type(targets).__name__}")
     if logits.shape[1] == 0:
         raise ValueError("empty sequence (T = 0): the loss over zero tokens is undefined")
-    V = logits.shape[-1]
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= V):
-        raise ValueError(f"targets must be token ids in [0, {V}), got values in "
-                         f"[{int(targets.min())}, {int(targets.max())}]")
+    token_ids(targets, logits.shape[-1], "targets", non_empty=False)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).mean()
 
@@ -224,10 +212,14 @@ def sample_with_temperature(logits: torch.Tensor, temperature: float = 1.0,
     distribution towards the most likely token, high temperature flattens it towards uniform.
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2) or logits.shape[-1] == 0:
-        got = _shape(logits) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        got = shape_of(logits) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must have shape (B, V) or (V,) with V >= 1, got {got}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    number(temperature, "temperature", 0.0)
+    # NaN logits would decode as token 0 (argmax) or fail inside multinomial; checked where it
+    # costs no device sync (CPU tensors), so generation on a GPU still never waits per token
+    if logits.device.type == "cpu" and not is_compiling() and bool(torch.isnan(logits).any()):
+        raise ValueError("logits contain NaN: the model produced no distribution to sample from "
+                         "(a diverged model, or inputs it cannot handle)")
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)

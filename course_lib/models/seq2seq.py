@@ -31,10 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..device import is_compiling
-
-
-def _shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
+from ..validate import positive_int, probability, shape_of, token_ids
 
 
 def additive_score(s_prev: torch.Tensor, H: torch.Tensor, W: torch.Tensor, U: torch.Tensor,
@@ -45,26 +42,26 @@ def additive_score(s_prev: torch.Tensor, H: torch.Tensor, W: torch.Tensor, U: to
     W (d_a, d_s), U (d_a, d_h), v (d_a,). Returns e (B, T_x).
     """
     if s_prev.dim() != 2:
-        raise ValueError(f"s_prev must have shape (B, d_s), got {_shape(s_prev)}")
+        raise ValueError(f"s_prev must have shape (B, d_s), got {shape_of(s_prev)}")
     if H.dim() != 3 or H.size(0) != s_prev.size(0):
-        raise ValueError(f"H must have shape (B={s_prev.size(0)}, T_x, d_h), got {_shape(H)}")
+        raise ValueError(f"H must have shape (B={s_prev.size(0)}, T_x, d_h), got {shape_of(H)}")
     if H.size(1) == 0:
-        raise ValueError(f"H has no source positions (T_x = 0), shape {_shape(H)}: an empty sequence")
+        raise ValueError(f"H has no source positions (T_x = 0), shape {shape_of(H)}: an empty sequence")
     d_s, d_h = s_prev.size(1), H.size(2)
     if W.dim() != 2 or W.size(1) != d_s:
-        raise ValueError(f"W must have shape (d_a, d_s={d_s}), got {_shape(W)}")
+        raise ValueError(f"W must have shape (d_a, d_s={d_s}), got {shape_of(W)}")
     d_a = W.size(0)
-    if _shape(U) != (d_a, d_h):
-        raise ValueError(f"U must have shape (d_a={d_a}, d_h={d_h}), got {_shape(U)}")
-    if _shape(v) != (d_a,):
-        raise ValueError(f"v must have shape (d_a={d_a},), got {_shape(v)}")
+    if shape_of(U) != (d_a, d_h):
+        raise ValueError(f"U must have shape (d_a={d_a}, d_h={d_h}), got {shape_of(U)}")
+    if shape_of(v) != (d_a,):
+        raise ValueError(f"v must have shape (d_a={d_a},), got {shape_of(v)}")
     return torch.tanh((s_prev @ W.T)[:, None, :] + H @ U.T) @ v
 
 
 def padding_mask_from_lengths(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(B, T) bool, True at padding positions j >= length."""
     if lengths.dim() != 1:
-        raise ValueError(f"lengths must have shape (B,), got {_shape(lengths)}")
+        raise ValueError(f"lengths must have shape (B,), got {shape_of(lengths)}")
     if lengths.numel() and int(lengths.min()) < 1:
         raise ValueError(f"every sequence needs length >= 1, got lengths {lengths.tolist()}")
     T = int(lengths.max()) if max_len is None else max_len
@@ -79,12 +76,12 @@ def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
     A row that is all padding is a ValueError; ``check_rows=False`` skips that check (it reads the
     mask on the host, a device sync) for a mask known to be valid, e.g. the decoder's at every step."""
     if e.dim() != 2:
-        raise ValueError(f"scores e must have shape (B, T_x), got {_shape(e)}")
+        raise ValueError(f"scores e must have shape (B, T_x), got {shape_of(e)}")
     if padding_mask is None:
         return torch.softmax(e, dim=-1)
-    if padding_mask.dtype != torch.bool or _shape(padding_mask) != _shape(e):
-        raise ValueError(f"padding_mask must be a bool tensor of shape {_shape(e)} (True = padding), "
-                         f"got {padding_mask.dtype} {_shape(padding_mask)}")
+    if padding_mask.dtype != torch.bool or shape_of(padding_mask) != shape_of(e):
+        raise ValueError(f"padding_mask must be a bool tensor of shape {shape_of(e)} (True = padding), "
+                         f"got {padding_mask.dtype} {shape_of(padding_mask)}")
     if check_rows and not is_compiling() and bool(padding_mask.all(dim=-1).any()):
         raise ValueError("a row of padding_mask is all padding: an empty source sequence has nothing to attend to")
     return torch.softmax(e.masked_fill(padding_mask, float("-inf")), dim=-1)
@@ -92,9 +89,9 @@ def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
 
 def context_vector(alpha: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """c_i = sum_j alpha_ij h_j: alpha (B, T_x), H (B, T_x, d_h) -> c (B, d_h)."""
-    if alpha.dim() != 2 or H.dim() != 3 or _shape(alpha) != _shape(H)[:2]:
+    if alpha.dim() != 2 or H.dim() != 3 or shape_of(alpha) != shape_of(H)[:2]:
         raise ValueError(f"alpha must be (B, T_x) and H (B, T_x, d_h) with the same B, T_x; "
-                         f"got {_shape(alpha)} and {_shape(H)}")
+                         f"got {shape_of(alpha)} and {shape_of(H)}")
     return torch.bmm(alpha.unsqueeze(1), H).squeeze(1)
 
 
@@ -140,8 +137,8 @@ class AdditiveAttention(nn.Module):
                 keys: torch.Tensor | None = None, check_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         if keys is None:
             return bahdanau_attention(s_prev, H, self.W, self.U, self.v, padding_mask)
-        if s_prev.dim() != 2 or _shape(keys) != (*_shape(H)[:2], self.W.size(0)):
-            raise ValueError(f"keys must have shape {(*_shape(H)[:2], self.W.size(0))}, got {_shape(keys)}")
+        if s_prev.dim() != 2 or shape_of(keys) != (*shape_of(H)[:2], self.W.size(0)):
+            raise ValueError(f"keys must have shape {(*shape_of(H)[:2], self.W.size(0))}, got {shape_of(keys)}")
         e = torch.tanh((s_prev @ self.W.T)[:, None, :] + keys) @ self.v
         alpha = masked_softmax(e, padding_mask, check_rows=check_rows)
         return context_vector(alpha, H), alpha
@@ -191,9 +188,9 @@ class Seq2Seq(nn.Module):
                  d_s: int = 128, d_a: int = 64, attention: bool = True, pad_id: int = 0, bos_id: int = 1,
                  eos_id: int = 2):
         super().__init__()
-        if min(src_vocab_size, tgt_vocab_size, d_emb, n_h, d_s, d_a) <= 0:
-            raise ValueError("vocabulary sizes and dimensions must be positive, got "
-                             f"{src_vocab_size}, {tgt_vocab_size}, {d_emb}, {n_h}, {d_s}, {d_a}")
+        for n, what in ((src_vocab_size, "src_vocab_size"), (tgt_vocab_size, "tgt_vocab_size"), (d_emb, "d_emb"),
+                        (n_h, "n_h"), (d_s, "d_s"), (d_a, "d_a")):
+            positive_int(n, what)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.use_attention = attention
         d_h = 2 * n_h
@@ -207,12 +204,13 @@ class Seq2Seq(nn.Module):
 
     # -- encoder ------------------------------------------------------------------------------
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
-        if src.dim() != 2 or src.dtype != torch.long:
-            raise ValueError(f"src must be a (B, T_x) tensor of token ids (torch.long), got {src.dtype} {_shape(src)}")
+        if not isinstance(src, torch.Tensor) or src.dim() != 2:
+            raise ValueError(f"src must be a (B, T_x) tensor of token ids (torch.long), got {shape_of(src)}")
         if src.size(1) == 0:
-            raise ValueError(f"src has no positions (T_x = 0), shape {_shape(src)}: an empty sequence")
-        if _shape(src_len) != (src.size(0),):
-            raise ValueError(f"src_len must have shape (B,) = ({src.size(0)},), got {_shape(src_len)}")
+            raise ValueError(f"src has no positions (T_x = 0), shape {shape_of(src)}: an empty sequence")
+        src = token_ids(src, self.encoder.embed.num_embeddings, "src").long()  # uint8/int16/int32 ids too
+        if shape_of(src_len) != (src.size(0),):
+            raise ValueError(f"src_len must have shape (B,) = ({src.size(0)},), got {shape_of(src_len)}")
         if int(src_len.min()) < 1 or int(src_len.max()) > src.size(1):
             raise ValueError(f"src_len must lie in [1, T_x={src.size(1)}], got {src_len.tolist()}")
         H, fwd_last, bwd_first = self.encoder(src, src_len)
@@ -232,7 +230,8 @@ class Seq2Seq(nn.Module):
         ``check_rows=False`` trusts ``padding_mask`` (see :func:`masked_softmax`).
         """
         if y_prev.dim() != 1 or s_prev.dim() != 2 or y_prev.size(0) != s_prev.size(0):
-            raise ValueError(f"y_prev must be (B,) ids and s_prev (B, d_s); got {_shape(y_prev)} and {_shape(s_prev)}")
+            raise ValueError(f"y_prev must be (B,) ids and s_prev (B, d_s); got {shape_of(y_prev)} and "
+                             f"{shape_of(s_prev)}")
         if self.attention is not None:
             c, alpha = self.attention(s_prev, H, padding_mask, keys=keys, check_rows=check_rows)
         else:
@@ -253,11 +252,12 @@ class Seq2Seq(nn.Module):
     # -- training forward -----------------------------------------------------------------------
     def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor,
                 teacher_forcing: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not 0.0 <= teacher_forcing <= 1.0:
-            raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing}")
+        probability(teacher_forcing, "teacher_forcing")
         mem = self.encode(src, src_len)
-        if tgt_in.dim() != 2 or tgt_in.size(0) != src.size(0) or tgt_in.size(1) == 0:
-            raise ValueError(f"tgt_in must have shape (B={src.size(0)}, T_y >= 1), got {_shape(tgt_in)}")
+        if not isinstance(tgt_in, torch.Tensor) or tgt_in.dim() != 2 or tgt_in.size(0) != src.size(0) \
+                or tgt_in.size(1) == 0:
+            raise ValueError(f"tgt_in must have shape (B={src.size(0)}, T_y >= 1), got {shape_of(tgt_in)}")
+        tgt_in = token_ids(tgt_in, self.tgt_vocab_size, "tgt_in").long()
         s, y_prev = mem.s0, tgt_in[:, 0]
         logits, alphas = [], []
         for i in range(tgt_in.size(1)):
@@ -290,7 +290,7 @@ def seq2seq_loss(model: Seq2Seq, batch: dict[str, torch.Tensor], teacher_forcing
     """Mean cross-entropy of y_1..y_{T_y} <eos> given <bos> y_1..; padding ignored."""
     tgt = batch["tgt"]
     if tgt.dim() != 2 or tgt.size(1) < 2:
-        raise ValueError(f"batch['tgt'] must be (B, T_y + 2) = <bos> ... <eos>, got {_shape(tgt)}")
+        raise ValueError(f"batch['tgt'] must be (B, T_y + 2) = <bos> ... <eos>, got {shape_of(tgt)}")
     logits, _ = model(batch["src"], batch["src_len"], tgt[:, :-1], teacher_forcing=teacher_forcing)
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tgt[:, 1:].reshape(-1),
                            ignore_index=model.pad_id)
@@ -345,7 +345,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor | int |
     if src.dim() == 1:
         src = src[None]
     if src.dim() != 2 or src.size(0) != 1:
-        raise ValueError(f"beam_search decodes one sentence: src must be (T_x,) or (1, T_x), got {_shape(src)}")
+        raise ValueError(f"beam_search decodes one sentence: src must be (T_x,) or (1, T_x), got {shape_of(src)}")
     if src_len is None:
         src_len = src.size(1)
     src_len = torch.as_tensor(src_len, dtype=torch.long).reshape(1)

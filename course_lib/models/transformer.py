@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validate import positive_int
 from .attention import PositionalEncoding, causal_mask
 
 
@@ -27,6 +28,7 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     if x.dim() != 3:
         raise ValueError(f"split_heads expects (B, n, d), got shape {tuple(x.shape)}")
     B, n, d = x.shape
+    positive_int(n_heads, "n_heads")
     if d % n_heads:
         raise ValueError(f"d_model={d} is not divisible by n_heads={n_heads}")
     return x.reshape(B, n, n_heads, d // n_heads).transpose(1, 2)
@@ -264,6 +266,7 @@ class TransformerEncoder(nn.Module):
                  dropout: float = 0.0, bias: bool = True, causal: bool = False, activation: str = "gelu",
                  norm_eps: float = 1e-5):
         super().__init__()
+        positive_int(n_layers, "n_layers")
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout, bias, causal, True, activation, norm_eps)
             for _ in range(n_layers))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measure import count_parameters
+from ..validate import floating
 from .transformer import TransformerEncoder, block_param_count
 
 __all__ = [
@@ -45,6 +46,7 @@ def check_images(x: torch.Tensor, patch_size: int, in_channels: int | None = Non
         raise ValueError(f"expected a tensor of images (B, C, H, W), received {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), received shape {tuple(x.shape)}")
+    floating(x, "images (B, C, H, W)")  # integer pixels: convert (e.g. x.float() / 255) before the model
     if patch_size <= 0:
         raise ValueError(f"patch size must be positive, received {patch_size}")
     _, C, H, W = x.shape

@@ -15,13 +15,17 @@ import torch.nn.functional as F
 
 from ..data import load_text
 from ..tokenizers import CharTokenizer
+from ..validate import positive_int, probability, shape_of, token_ids
 
 
 def random_windows(ids: torch.Tensor, batch_size: int, block_size: int,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random windows of ``block_size`` tokens and their next-token targets."""
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {shape_of(ids)}")
+    token_ids(ids, None, "ids")
+    positive_int(batch_size, "batch_size")
+    positive_int(block_size, "block_size")
     if len(ids) < block_size + 1:
         raise ValueError(f"need at least block_size + 1 = {block_size + 1} tokens, got {len(ids)}")
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)
@@ -40,6 +44,7 @@ class CharCorpus:
 
     @classmethod
     def load(cls, name: str = "tiny_shakespeare", val_fraction: float = 0.1) -> CharCorpus:
+        probability(val_fraction, "val_fraction", open_low=True, open_high=True)
         text = load_text(name)
         tok = CharTokenizer.from_text(text)
         ids = torch.tensor(tok.encode(text), dtype=torch.long)

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validate import tensor
 from .preferences import side
-from .sequences import _need_same_shape, _need_tensor, sequence_logprob
+from .sequences import _need_same_shape, sequence_logprob
 
 
 def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -22,7 +23,7 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     ``-mean log sigma(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])``.
     It is the Bradley-Terry loss with the implicit reward r(x, y) = beta log(pi(y|x) / pi_ref(y|x));
     when pi = pi_ref it equals log 2."""
-    _need_tensor(pi_chosen, "pi_chosen (B,)", 1)
+    tensor(pi_chosen, "pi_chosen (B,)", 1)
     _need_same_shape("dpo_loss", ("pi_chosen", pi_chosen), ("pi_rejected", pi_rejected),
                      ("ref_chosen", ref_chosen), ("ref_rejected", ref_rejected))
     if not beta > 0:

@@ -47,11 +47,10 @@ from torch import nn
 
 from ..tasks.instructions import STOP, Example, sample_examples
 from ..train import OptimConfig, optimizer_step, progress_bar
+from ..validate import shape_of, tensor
 from .reward import RewardModel
 from .sequences import (
     _need_same_shape,
-    _need_tensor,
-    _shape,
     disable_dropout,
     pack_sequences,
     policy_logprobs,
@@ -70,10 +69,10 @@ def kl_penalty_rewards(scores: torch.Tensor, logp: torch.Tensor, ref_logp: torch
     plus the reward model's score r_theta(x, y) at each sequence's last response token.
     Summed over t this is r_theta(x, y) - beta log(pi(y|x) / pi^SFT(y|x)), whose expectation over
     y ~ pi is E[r_theta] - beta KL(pi || pi^SFT)."""
-    _need_tensor(logp, "logp (B, T - 1)", 2)
+    tensor(logp, "logp (B, T - 1)", 2)
     _need_same_shape("kl_penalty_rewards", ("logp", logp), ("ref_logp", ref_logp), ("mask", mask))
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (logp.size(0),):
-        raise ValueError(f"scores must have shape (B,) = ({logp.size(0)},), got {_shape(scores)}")
+        raise ValueError(f"scores must have shape (B,) = ({logp.size(0)},), got {shape_of(scores)}")
     m = mask.to(logp.dtype)
     if (m.sum(-1) == 0).any():
         raise ValueError("every sequence needs at least one response token in mask")
@@ -91,7 +90,7 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def leave_one_out_baseline(values: torch.Tensor, group_size: int) -> torch.Tensor:
     """For values (B,) in consecutive groups of ``group_size`` samples of one prompt: the mean of
     the other samples of the same group, b_i = (sum_j v_j - v_i) / (G - 1)."""
-    _need_tensor(values, "values (B,)", 1)
+    tensor(values, "values (B,)", 1)
     if group_size < 2 or len(values) % group_size:
         raise ValueError(f"need group_size >= 2 dividing B={len(values)}, got {group_size}")
     v = values.view(-1, group_size)
@@ -104,7 +103,7 @@ def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     The min makes the objective a pessimistic bound: moving rho_t beyond [1 - eps, 1 + eps] in the
     direction that A_t rewards earns nothing more, so one batch of samples cannot push the policy
     far from the one that produced it."""
-    _need_tensor(logp, "logp (B, T - 1)", 2)
+    tensor(logp, "logp (B, T - 1)", 2)
     _need_same_shape("ppo_clip_loss", ("logp", logp), ("old_logp", old_logp), ("advantages", advantages),
                      ("mask", mask))
     if not clip > 0:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validate import tensor
 from .preferences import side
-from .sequences import _check_seqs, _need_same_shape, _need_tensor, disable_dropout
+from .sequences import _check_seqs, _need_same_shape, disable_dropout
 
 
 class RewardModel(nn.Module):
@@ -59,7 +60,7 @@ class RewardModel(nn.Module):
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """-mean log sigma(r_theta(x, y_w) - r_theta(x, y_l)) over pairs (B,): the Bradley-Terry model
     says P(y_w preferred to y_l) = sigma(r_w - r_l); this is its negative log-likelihood."""
-    _need_tensor(r_chosen, "r_chosen (B,)", 1)
+    tensor(r_chosen, "r_chosen (B,)", 1)
     _need_same_shape("bradley_terry_loss", ("r_chosen", r_chosen), ("r_rejected", r_rejected))
     return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
 

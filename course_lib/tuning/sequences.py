@@ -15,37 +15,30 @@ from torch import nn
 
 from ..models.lm import continuation_ids
 from ..tasks.instructions import STOP
+from ..validate import number, positive_int, shape_of, strings, tensor, token_ids
 
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
-
-def _shape(x) -> str:
-    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
-
-
-def _need_tensor(x, what: str, dim: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != dim:
-        raise ValueError(f"{what} must be a {dim}-D tensor, got {_shape(x)}")
 
 
 def _need_same_shape(what: str, *named: tuple[str, torch.Tensor]) -> None:
     first_name, first = named[0]
     for n, t in named[1:]:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(first.shape):
-            raise ValueError(f"{what}: {n} must have the shape of {first_name} {tuple(first.shape)}, got {_shape(t)}")
+            raise ValueError(f"{what}: {n} must have the shape of {first_name} {tuple(first.shape)}, got {shape_of(t)}")
 
 
 def _check_seqs(ids: torch.Tensor, lengths: torch.Tensor, prompt_lens: torch.Tensor | None = None) -> None:
-    _need_tensor(ids, "ids (B, T)", 2)
+    tensor(ids, "ids (B, T)", 2)
     if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (ids.size(0),):
         raise ValueError(f"lengths must have shape (B,) = ({ids.size(0)},) for ids {tuple(ids.shape)}, "
-                         f"got {_shape(lengths)}")
+                         f"got {shape_of(lengths)}")
     if len(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > ids.size(1)):
         raise ValueError(f"lengths must be in [1, T={ids.size(1)}], got [{int(lengths.min())}, {int(lengths.max())}]")
     if prompt_lens is not None:
         if not isinstance(prompt_lens, torch.Tensor) or tuple(prompt_lens.shape) != (ids.size(0),):
-            raise ValueError(f"prompt_lens must have shape ({ids.size(0)},), got {_shape(prompt_lens)}")
+            raise ValueError(f"prompt_lens must have shape ({ids.size(0)},), got {shape_of(prompt_lens)}")
         if (prompt_lens < 1).any() or (prompt_lens >= lengths).any():
             raise ValueError("every sequence needs 1 <= prompt_len < length (at least one response token)")
 
@@ -76,8 +69,8 @@ def sample_response_ids(model, tokenizer, prompts: Sequence[str], *, temperature
     """One sampled response per prompt, as the token ids the model drew, cut after the first stop
     token (kept; a response that never stops is the ``max_new_tokens`` it produced). Prompts of
     one length are generated together with the KV cache; deterministic in ``seed``."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompts = strings(prompts, "prompts")
+    positive_int(max_new_tokens, "max_new_tokens")
     stop = stop_id(tokenizer)
     g = torch.Generator().manual_seed(seed)
     rows = continuation_ids(model, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=g,
@@ -131,7 +124,8 @@ def pack_sequences(p_ids: Sequence[Sequence[int]], r_ids: Sequence[Sequence[int]
 def response_mask(prompt_lens: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
     """Bool (B, T - 1): column t is a response token, i.e. prompt_len <= t + 1 < length."""
     if tuple(prompt_lens.shape) != tuple(lengths.shape) or prompt_lens.dim() != 1:
-        raise ValueError(f"prompt_lens and lengths must both be (B,), got {_shape(prompt_lens)} and {_shape(lengths)}")
+        raise ValueError(f"prompt_lens and lengths must both be (B,), got {shape_of(prompt_lens)} and "
+                         f"{shape_of(lengths)}")
     nxt = torch.arange(1, T, device=lengths.device)[None, :]
     return (nxt >= prompt_lens[:, None]) & (nxt < lengths[:, None])
 
@@ -139,8 +133,11 @@ def response_mask(prompt_lens: torch.Tensor, lengths: torch.Tensor, T: int) -> t
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log pi(x_{t+1} | x_<=t) for every position: (B, T - 1) from logits (B, T, V) on ids (B, T).
     With ``temperature`` T the distribution is softmax(logits / T), the one sampling at T draws from."""
-    if logits.dim() != 3 or ids.dim() != 2 or logits.shape[:2] != ids.shape:
-        raise ValueError(f"expected logits (B, T, V) on ids (B, T), got {_shape(logits)} and {_shape(ids)}")
+    if not isinstance(logits, torch.Tensor) or not isinstance(ids, torch.Tensor) or logits.dim() != 3 \
+            or ids.dim() != 2 or logits.shape[:2] != ids.shape:
+        raise ValueError(f"expected logits (B, T, V) on ids (B, T), got {shape_of(logits)} and {shape_of(ids)}")
+    token_ids(ids, logits.size(-1), "ids")
+    number(temperature, "temperature", 0.0, low_open=True)
     logits = logits[:, :-1].float()
     logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)

@@ -40,8 +40,10 @@ def respond(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 24,
     """Greedy responses to ``prompts``, cut at the first newline (the stop token)."""
     was_training = model.training
     model.eval()
-    texts = continuations(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
-    model.train(was_training)
+    try:  # continuations checks the prompts (a list of str), max_new_tokens and batch_size
+        texts = continuations(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    finally:
+        model.train(was_training)
     return [t.split(STOP, 1)[0] for t in texts]
 
 
