@@ -76,6 +76,8 @@ def id_list(ids: Any, what: str = "ids") -> list[int]:
         raise InputTypeError(f"{what} must be a sequence of integer token ids, got {type(ids).__name__}")
     out = []
     for k, i in enumerate(ids):
+        if isinstance(i, torch.Tensor) and i.dim() == 0 and i.dtype in INTEGER_DTYPES:
+            i = int(i)  # e.g. [t for t in ids_tensor]
         if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise InputTypeError(f"{what} must be integer token ids, got {type(i).__name__} {i!r} at position {k}")
         out.append(int(i))

@@ -172,3 +172,7 @@ def test_valid_inputs_pass_through():
     ids = torch.tensor([[0, 4]])
     assert validate.token_ids(ids, 5) is ids
     validate.sampling(0.0, 1, 1.0)
+    import numpy as np
+    assert validate.id_list([torch.tensor(3), np.int64(4), 5]) == [3, 4, 5]  # what decode accepted before
+    assert validate.id_list(torch.tensor([1, 2])) == [1, 2] and validate.id_list(np.array([7])) == [7]
+    assert TOK.decode([torch.tensor(1)]) == TOK.decode([1])
