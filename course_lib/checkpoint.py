@@ -106,8 +106,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     naming the file and what to do."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except FileNotFoundError:
         raise
+    except OSError as e:  # a folder, no permission, an I/O error: the errno, and the file named
+        raise type(e)(e.errno, f"cannot read checkpoint {path}: {e.strerror or e}; {_what_to_do(path)}",
+                      str(path)) from e
     except Exception as e:  # PytorchStreamReader, EOFError, UnicodeDecodeError, UnpicklingError, ...
         first = (str(e).strip().splitlines() or ["no message"])[0][:200]
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {first}): it is truncated, "

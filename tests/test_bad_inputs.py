@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from course_lib import validate
-from course_lib.models import attention, lm, rnn, seq2seq, transformer
+from course_lib.models import attention, lm, rnn, seq2seq, transformer, vit
 from course_lib.models.captioner import Captioner, PatchEncoder
 from course_lib.models.gpt import GPT, GPTConfig
 from course_lib.models.llava import VisualLM
@@ -25,6 +25,7 @@ GPT_ = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16
 CAP = Captioner(V, image_size=16, patch_size=8, d_model=16, enc_layers=1, dec_layers=1, n_heads=2, max_len=8)
 VLM = VisualLM(PatchEncoder(16, 8, 3, 16, 1, 2), GPT_)
 IMG = torch.rand(2, 3, 16, 16)
+VIT = vit.ViT(16, 8, 3, 4, 16, 1, 2)
 IDS = torch.tensor([[1, 2, 3], [4, 5, 6]])
 LEN = torch.tensor([3, 2])
 Q = torch.randn(3, 4)
@@ -97,6 +98,10 @@ CASES = [
     ("captioner float tokens", CAP, (IMG, torch.zeros(2, 3)), TypeError, ["tokens", "integer"]),
     ("captioner int images", CAP, (IMG.long(), IDS), TypeError, ["images", "floating"]),
     ("captioner zero heads", Captioner, (V,), ValueError, ["n_heads", "positive"], dict(n_heads=0)),
+    ("captioner negative dec_layers", Captioner, (V,), ValueError, ["dec_layers", "-1"], dict(dec_layers=-1)),
+    ("patch encoder zero patch", PatchEncoder, (16, 0, 3, 16, 1, 2), ValueError, ["patch_size", "positive"]),
+    ("vit zero patch", vit.ViT, (16, 0, 3, 4, 16, 1, 2), ValueError, ["patch_size", "positive"]),
+    ("vit integer images", VIT, (IMG.long(),), TypeError, ["images", "floating"]),
     ("vlm oov", VLM, (IMG, torch.tensor([[1, V], [1, 2]])), ValueError, ["[0, 11)"]),
     ("vlm float text", VLM, (IMG, torch.zeros(2, 3)), TypeError, ["integer"]),
     ("vlm answer a str", VLM.answer, (IMG[:1], "ab", TOK), TypeError, ["prompts", "list"]),

@@ -180,6 +180,14 @@ def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage, wo
     assert load_checkpoint(ck)["step"] == 2
 
 
+def test_a_checkpoint_path_that_is_a_folder_names_it(tmp_path):
+    ck = tmp_path / "ck.pt"
+    ck.mkdir()
+    with pytest.raises(OSError) as e:
+        fit(make_model(), mse, data, checkpoint_path=ck, **KW)
+    assert str(ck) in str(e.value) and "resume=False" in str(e.value) and e.value.errno is not None
+
+
 def _good(p: Path) -> dict:
     fit(make_model(), mse, data, checkpoint_path=p, stop_at=2, **KW)
     return load_checkpoint(p)

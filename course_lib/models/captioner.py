@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..validate import token_ids
+from ..validate import positive_int, token_ids
 from .lm import masked_lm_loss
 from .transformer import MLP, MultiHeadAttention, TransformerEncoder
 from .vit import PatchEmbedding, check_images
@@ -60,6 +60,8 @@ class PatchEncoder(nn.Module):
     def __init__(self, image_size: int, patch_size: int, in_channels: int, d_model: int, n_layers: int,
                  n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
+        positive_int(image_size, "image_size")
+        positive_int(patch_size, "patch_size")
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by the patch size {patch_size}")
         self.image_size, self.patch_size, self.in_channels, self.d_model = image_size, patch_size, in_channels, d_model
@@ -103,6 +105,8 @@ class Captioner(nn.Module):
                  d_model: int = 64, enc_layers: int = 2, dec_layers: int = 2, n_heads: int = 4,
                  max_len: int = 48, dropout: float = 0.0):
         super().__init__()
+        for n, what in ((vocab_size, "vocab_size"), (dec_layers, "dec_layers"), (max_len, "max_len")):
+            positive_int(n, what)
         self.vocab_size, self.max_len = vocab_size, max_len
         self.encoder = PatchEncoder(image_size, patch_size, in_channels, d_model, enc_layers, n_heads,
                                     dropout=dropout)

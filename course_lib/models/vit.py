@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measure import count_parameters
-from ..validate import floating
+from ..validate import floating, positive_int
 from .transformer import TransformerEncoder, block_param_count
 
 __all__ = [
@@ -147,6 +147,8 @@ class ViT(nn.Module):
                  d_model: int, n_layers: int, n_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
         super().__init__()
         hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        for n, what in ((hw[0], "image height"), (hw[1], "image width"), (patch_size, "patch_size")):
+            positive_int(n, what)
         if hw[0] % patch_size or hw[1] % patch_size:
             raise ValueError(f"image size {hw[0]}x{hw[1]} is not divisible by the patch size {patch_size}: "
                              f"expected multiples of {patch_size}")
