@@ -324,7 +324,11 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor], dat
                                          settings=settings, allow_changes=resume == "changed-settings",
                                          opt_in="resume='changed-settings'")
     runner = CompiledOrEager(model, compile)
-    history = History(**saved)
+    try:
+        history = History(**saved)
+    except TypeError as e:
+        raise ValueError(f"checkpoint {checkpoint_path} holds a history fit cannot read ({e}); delete it to train "
+                         f"from scratch, or pass resume=False (or another checkpoint_path)") from e
     next_batch = batch_source(data, skip=start * accum_steps)
     evaluate = lambda step: evaluate_into(history, eval_fn, model, runner.model, policy, step)
 

@@ -168,6 +168,7 @@ def _truncated(p: Path) -> None:
     (lambda p: torch.save({**_good(p), "rng": {"torch": 3}}, p), ["does not fit this run"]),
     (lambda p: torch.save({**_good(p), "optimizer": {"state": {}, "param_groups": []}}, p),
      ["does not fit this run"]),
+    (lambda p: torch.save({**_good(p), "history": {"bogus": [1]}}, p), ["history", "bogus"]),
 ])
 def test_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, damage, words):
     ck = tmp_path / "ck.pt"
