@@ -17,21 +17,11 @@ from course_lib.tokenizers import CharTokenizer
 from course_lib.tuning import ppo, preferences, sequences
 
 ROOT = Path(__file__).resolve().parent.parent
-ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-WORDS = ["rose", "night", "king", "moles", "crown", "sword", "tears", "heart"]
+# the alphabet, words and fixtures of the RLHF tests (one thread each; the character tokenizer)
+import test_rlhf as _rlhf  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def tok():
-    return CharTokenizer(ALPHABET)
+ALPHABET, WORDS = _rlhf.ALPHABET, _rlhf.WORDS
+one_thread, tok = _rlhf.one_thread, _rlhf.tok  # fixtures, registered by being module attributes
 
 
 def tiny_gpt(seed: int = 0) -> GPT:
