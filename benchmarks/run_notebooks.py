@@ -13,6 +13,11 @@ per notebook. ``make course`` runs it over every solution notebook.
 The HTML needs no network: formulas are rendered to MathML at export (latex2mathml; browsers
 draw MathML natively), and no remote script is loaded (no require.js, MathJax, mermaid or
 widget manager from a CDN); progress-bar widgets show as their text.
+
+Expected results: after the run, every record is compared with ``course_lib/expected.json``
+(:func:`check_expected`); the script exits non-zero when a cpu-profile metric, or a smoke metric
+marked deterministic, falls outside its measured band, naming the notebook, metric, band and value
+(``--no-expected`` skips the comparison, e.g. for a run with ``CFG_OVERRIDES``).
 """
 from __future__ import annotations
 
@@ -119,6 +124,23 @@ def remote_resources(page: str) -> list[str]:
     return urls
 
 
+# how strictly each profile's records are held to their bands (see course_lib.expected)
+STRICT_BY_PROFILE = {"cpu": "all", "smoke": "deterministic", "gpu": "all"}
+
+
+def check_expected(run_results: Path, data: dict | None = None) -> list:
+    """The failing checks of every record in ``run_results`` against the expected bands."""
+    from course_lib import expected, results
+
+    bad = []
+    for rec in results.load_all(run_results):
+        if rec.get("overrides"):
+            continue  # hand-sized runs are not the profile's own figures
+        checks = expected.compare(rec["notebook"], rec["profile"], rec["metrics"], data)
+        bad += expected.failures(checks, STRICT_BY_PROFILE.get(rec["profile"], "all"))
+    return bad
+
+
 def main(argv: list[str] | None = None) -> int:
     import nbformat
     from nbclient import NotebookClient
@@ -127,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebooks", nargs="*", type=Path)
     p.add_argument("--out", type=Path, default=ROOT / "build")
     p.add_argument("--no-html", action="store_true")
+    p.add_argument("--no-expected", action="store_true", help="do not compare with course_lib/expected.json")
     args = p.parse_args(argv)
     out = args.out.resolve()
     paths = args.notebooks or sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -168,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(entry), flush=True)
     times_path.write_text(json.dumps(times, indent=2) + "\n")
     (out / "results.md").write_text("# Results of this run\n\n" + results.table(run_results))
-    return 1 if failed else 0
+    outside = [] if args.no_expected else check_expected(run_results)
+    for c in outside:
+        print(f"OUTSIDE THE EXPECTED BAND: {c.notebook} ({c.profile}) {c.line()}", file=sys.stderr)
+    return 1 if failed or outside else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "course_lib"
 
 SERVICES = {"profile", "device", "data", "files", "train", "checkpoint", "results", "plot", "artifacts", "measure",
-            "tokenizers", "selftest", "validate"}
+            "tokenizers", "selftest", "validate", "expected"}
 # models in lecture order: each may import only models earlier in this list
 MODEL_ORDER = ["rnn", "seq2seq", "attention", "transformer", "vit", "gpt", "gpt2_weights", "lm", "lora", "captioner",
                "llava"]

@@ -151,11 +151,23 @@ def test_installed_copy_records_results_outside_the_package(installed, tmp_path)
     assert package == (installed / "course_lib").resolve()  # the installed copy, not the checkout
     assert written == work.resolve() / "build" / "results" / "00_demo__smoke.json"
     assert json.loads(written.read_text())["metrics"] == {"x": 1}
-    assert not list((installed / "course_lib").rglob("*.json"))  # nothing inside the installed package
+    shipped = {p.relative_to(installed).as_posix() for p in (installed / "course_lib").rglob("*.json")}
+    assert shipped == {"course_lib/expected.json"}  # nothing recorded inside the installed package
     assert not (installed / "build").exists()  # nor beside it (site-packages/build/results was the bug)
     # COURSE_RESULTS_DIR wins
     out = _run_installed(installed, work, code, COURSE_RESULTS_DIR=str(tmp_path / "mine"))
     assert Path(out.stdout.split()[1]) == (tmp_path / "mine").resolve() / "00_demo__smoke.json"
+
+
+def test_installed_copy_ships_the_expected_bands(installed, tmp_path):
+    """A learner on Colab has no checkout: the bands each notebook's last cell prints travel in the wheel."""
+    code = ("from course_lib import expected; d = expected.load(); "
+            "print(expected.FILE.resolve()); print(sorted(d['notebooks']) == sorted(expected.load(%r)['notebooks']))"
+            % str(ROOT / "course_lib" / "expected.json"))
+    out = _run_installed(installed, tmp_path, code)
+    assert out.returncode == 0, out.stderr
+    where, same = out.stdout.split()
+    assert Path(where) == (installed / "course_lib" / "expected.json").resolve() and same == "True"
 
 
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,

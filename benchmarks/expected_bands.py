@@ -1,0 +1,130 @@
+"""Write ``course_lib/expected.json`` from the seed-spread runs in ``build/spread/``.
+
+    python benchmarks/expected_bands.py [--spread build/spread] [--only 06_gpt_pretraining ...]
+
+For each notebook and profile (``<stem>__<profile>[__<tag>].json``, from ``seed_spread.py``):
+
+- the metrics are the headline ones (``HEADLINE`` below; every recorded number except times and
+  speeds when a notebook is not listed) that every run recorded;
+- a number's band is the mean over the seeds, with tolerance ``max(1.5 x (max - min), 1% of
+  |mean|, 0.001)`` (0 for an integer every seed agrees on); a boolean or string band is the value
+  every run agrees on (none when they disagree);
+- on ``smoke``, a metric is ``deterministic`` when every run at the default seed, whatever its
+  tag (solution or student version, 1 or 2 threads), recorded the same value; its band is that
+  value, with no tolerance beyond the 6 decimals ``results.record`` keeps. ``make test`` holds
+  the notebooks to these;
+- ``seconds`` is the fastest whole-notebook run (the headers' times are checked against it).
+
+Entries of notebooks with no spread file are kept as they are, so the file can be rebuilt one
+notebook at a time. The seeds' values, dates and load averages are written beside each band.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SPREAD = ROOT / "build" / "spread"
+TARGET = ROOT / "course_lib" / "expected.json"
+
+# machine-dependent figures: never a band
+TIMING = re.compile(r"(seconds|minutes|_s$|per_s|gflops|tflops|speed|_ms$|time|mfu|throughput|tokens_per|hours)")
+# the headline metrics of a notebook; a notebook not listed gets every recorded number but times
+HEADLINE: dict[str, list[str]] = {}
+
+
+def headline(notebook: str, metrics: list[str]) -> list[str]:
+    if notebook in HEADLINE:
+        missing = [m for m in HEADLINE[notebook] if m not in metrics]
+        if missing:
+            raise ValueError(f"{notebook}: HEADLINE names {missing}, which the runs did not record")
+        return list(HEADLINE[notebook])
+    return [m for m in metrics if not TIMING.search(m)]
+
+
+def number_band(values: list) -> dict:
+    mean = statistics.fmean(values)
+    spread = max(values) - min(values)
+    if all(isinstance(v, int) for v in values) and spread == 0:
+        return {"value": values[0], "tol": 0}
+    tol = max(1.5 * spread, 0.01 * abs(mean), 1e-3)
+    return {"value": round(mean, 6), "tol": float(f"{tol:.3g}")}
+
+
+def band(values: list) -> dict | None:
+    if any(isinstance(v, (bool, str)) for v in values):
+        return {"value": values[0], "tol": 0} if len(set(map(repr, values))) == 1 else None
+    return number_band(values)
+
+
+def spread_files(directory: Path) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for p in sorted(directory.glob("*.json")):
+        d = json.loads(p.read_text())
+        d["_file"] = p.name
+        groups.setdefault((d["notebook"], d["profile"]), []).append(d)
+    return groups
+
+
+def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
+    main = [f for f in files if not f.get("tag")]
+    if not main:
+        raise ValueError(f"{notebook} {profile}: no untagged spread file (the seeds of the solution notebook)")
+    runs = [r for r in main[0]["runs"] if r["ok"] and not r.get("overrides")]
+    if not runs:
+        raise ValueError(f"{notebook} {profile}: no successful run in {main[0]['_file']}")
+    names = [m for m in runs[0]["metrics"] if all(m in r["metrics"] for r in runs)]
+    default_seed = main[0]["runs"][0]["seed"]
+    at_default = [r for f in files for r in f["runs"] if r["ok"] and r["seed"] == default_seed]
+    fastest = min(runs, key=lambda r: r["seconds"])
+    metrics = {}
+    for m in headline(notebook, names):
+        values = [r["metrics"][m] for r in runs]
+        b = band(values)
+        if b is None:
+            continue
+        if profile == "smoke" and len(at_default) > 1:
+            same = {json.dumps(r["metrics"].get(m)) for r in at_default}
+            if len(same) == 1:
+                b = {"value": at_default[0]["metrics"][m], "tol": 0, "deterministic": True}
+        b["seeds"] = {str(r["seed"]): r["metrics"][m] for r in runs}
+        metrics[m] = b
+    hardware = runs[0].get("hardware", "")
+    loads = [r.get("load_before") for r in runs if r.get("load_before") is not None]
+    measured = (f"{len(runs)} seeds ({', '.join(str(r['seed']) for r in runs)}) on {hardware}, {main[0]['date']}"
+                + (f", load {min(loads):.1f}-{max(loads):.1f}" if loads else ""))
+    return {"measured": measured, "seconds": fastest["seconds"], "seconds_load": fastest.get("load_before"),
+            "metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--spread", type=Path, default=SPREAD)
+    p.add_argument("--target", type=Path, default=TARGET)
+    p.add_argument("--only", nargs="*", default=None)
+    args = p.parse_args(argv)
+    data = json.loads(args.target.read_text()) if args.target.exists() else {}
+    data.setdefault("about", "Expected headline metrics per notebook and profile, from runs at several seeds; "
+                             "written by benchmarks/expected_bands.py, read by course_lib.expected.")
+    data.setdefault("notebooks", {})
+    for (nb, prof), files in spread_files(args.spread).items():
+        if args.only and nb not in args.only:
+            continue
+        data["notebooks"].setdefault(nb, {})[prof] = entry_for(nb, prof, files)
+        print(f"{nb} / {prof}: {len(data['notebooks'][nb][prof]['metrics'])} bands")
+    data["notebooks"] = dict(sorted(data["notebooks"].items()))
+    args.target.write_text(json.dumps(data, indent=1) + "\n")
+    from course_lib import expected
+
+    expected.load(args.target)  # refuse to leave a file the library cannot read
+    print(f"wrote {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
