@@ -10,18 +10,23 @@ continuations, and the loss on labelled positions.
   length (no padding), as token ids or as text.
 * :func:`masked_lm_loss`: mean cross-entropy over the positions whose label is not ``IGNORE``
   (SFT's response-only loss, captions, visual question answering).
+* Memorisation (notebook 06): :func:`probe_windows` cuts seeded (prefix, true continuation)
+  pairs out of a token sequence, :func:`verbatim_lengths` counts how far a model's greedy
+  continuation of each prefix stays verbatim, in the spirit of the extraction tests of Carlini et
+  al., 2021 ("Extracting Training Data from Large Language Models") and 2023 ("Quantifying
+  Memorization Across Neural Language Models").
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..device import is_compiling
 from ..tokenizers import IGNORE
-from ..validate import non_negative_int, positive_int, sampling, strings, token_ids
+from ..validate import InputTypeError, non_negative_int, positive_int, sampling, strings, token_ids
 from .rnn import sample_with_temperature
 
 
@@ -167,3 +172,73 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not some:
             raise ValueError("every label is IGNORE: nothing to learn from in this batch")
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memorisation: does a model continue a text verbatim?
+# ---------------------------------------------------------------------------------------------
+
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items ``a`` and ``b`` share (characters of two strings, ids of two lists)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def probe_windows(ids: torch.Tensor, n: int, prefix_len: int, max_len: int, *, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` windows of the 1-D token sequence ``ids`` at distinct start positions drawn from
+    ``seed``, in text order: the prefixes (n, prefix_len) and the true continuations (n, max_len)
+    that follow them."""
+    token_ids(ids, None, "ids", dim=1)
+    positive_int(n, "n")
+    positive_int(prefix_len, "prefix_len")
+    positive_int(max_len, "max_len")
+    non_negative_int(seed, "seed")
+    span = prefix_len + max_len
+    room = len(ids) - span + 1
+    if room < n:
+        raise ValueError(f"ids holds {len(ids)} tokens: room for {max(room, 0)} distinct windows of "
+                         f"prefix_len + max_len = {span} tokens, but n={n} were asked for")
+    starts = torch.randperm(room, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    windows = ids[starts[:, None] + torch.arange(span)]
+    return windows[:, :prefix_len], windows[:, prefix_len:]
+
+
+@torch.no_grad()
+def verbatim_lengths(model, prefixes: torch.Tensor, truths: torch.Tensor, *,
+                     decode: Callable[[list[int]], str] | None = None, batch_size: int = 256) -> list[int]:
+    """How long the greedy continuation of each prefix stays verbatim: continue ``prefixes[i]``
+    (B, p) by ``truths.size(1)`` tokens and count the leading tokens equal to ``truths[i]`` (B, m),
+    so each length lies in [0, m]. With ``decode`` (token ids to text) the count is in characters
+    of the decoded continuation and truth instead, for tokenizers whose tokens span several."""
+    config = getattr(model, "config", None)
+    block = getattr(config, "block_size", None)
+    if not isinstance(model, torch.nn.Module) or not isinstance(block, int):
+        raise InputTypeError(f"model must be a language model (an nn.Module with config.block_size), "
+                             f"got {type(model).__name__}")
+    vocab = getattr(config, "vocab_size", None)
+    token_ids(prefixes, vocab, "prefixes", dim=2)
+    token_ids(truths, vocab, "truths", dim=2)
+    if prefixes.size(0) != truths.size(0):
+        raise ValueError(f"prefixes and truths must have one row per probe each, got {prefixes.size(0)} "
+                         f"prefixes and {truths.size(0)} truths")
+    p, m = prefixes.size(1), truths.size(1)
+    if p + m > block:
+        raise ValueError(f"prefix ({p} tokens) + continuation ({m} tokens) exceeds the context "
+                         f"block_size={block}")
+    if decode is not None and not callable(decode):
+        raise InputTypeError(f"decode must be a function from token ids to text or None, got {type(decode).__name__}")
+    positive_int(batch_size, "batch_size")
+    device = next(model.parameters()).device
+    cache = hasattr(model, "new_kv_caches")
+    out: list[int] = []
+    for s in range(0, prefixes.size(0), batch_size):
+        chunk = prefixes[s: s + batch_size].to(device)
+        gen = generate(model, chunk, m, temperature=0, use_cache=cache)[:, p:].cpu().tolist()
+        for row, truth in zip(gen, truths[s: s + batch_size].tolist(), strict=True):
+            out.append(common_prefix_length(decode(row), decode(truth)) if decode else common_prefix_length(row, truth))
+    return out
