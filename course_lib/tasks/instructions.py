@@ -196,3 +196,60 @@ def sft_batches(tokenizer, words: Sequence[str], batch_size: int, block_size: in
         return pad([encode_example(tokenizer, e, mask_prompt, mask_labels) for e in exs], block_size, stop)
 
     return get
+
+
+# ---------------------------------------------------------------------------------------------
+# In-context learning: the task shown by k examples in the prompt, no instruction, no tuning
+# ---------------------------------------------------------------------------------------------
+
+# GPT-3 (Brown et al., 2020, "Language Models are Few-Shot Learners") was given k solved examples
+# in its prompt and then a new case, with no gradient step: in-context learning. Our format is
+# one the SFT model was never tuned on, one line per example, "night:thgin" style, and no
+# instruction: the examples alone say what the task is. Short words keep k = 4 examples within a
+# 64-token context.
+FEW_SHOT_SEP = ":"
+FEW_SHOT_TASKS: dict[str, Callable[[str], str]] = {
+    "copy": lambda w: w,  # in no tuning task
+    "first": TASKS["first"].answer,
+    "shout": TASKS["shout"].answer,
+}
+
+
+def few_shot_example(task: str, demo_words: Sequence[str], query_word: str) -> Example:
+    """The k-shot prompt ``"w1:a1\\nw2:a2\\n...query:"`` (k = ``len(demo_words)``, 0 allowed) of a
+    task in :data:`FEW_SHOT_TASKS`, as an :class:`Example` whose response is the query's answer."""
+    if task not in FEW_SHOT_TASKS:
+        raise ValueError(f"unknown few-shot task {task!r}; tasks: {', '.join(FEW_SHOT_TASKS)}")
+    if isinstance(demo_words, str):
+        raise TypeError(f"demo_words must be a sequence of words, got the single str {demo_words!r}")
+    for w in [*demo_words, query_word]:
+        if not isinstance(w, str) or not w.isalpha():
+            raise ValueError(f"words must be letters only, got {w!r}")
+    if query_word in demo_words:
+        raise ValueError(f"the query word {query_word!r} is among the examples; its answer would be in the prompt")
+    if len(set(demo_words)) != len(demo_words):
+        raise ValueError(f"the example words repeat: {list(demo_words)}")
+    answer = FEW_SHOT_TASKS[task]
+    shots = "".join(f"{w}{FEW_SHOT_SEP}{answer(w)}{STOP}" for w in demo_words)
+    return Example(task, query_word, f"{shots}{query_word}{FEW_SHOT_SEP}", answer(query_word) + STOP)
+
+
+def few_shot_set(task: str, query_words: Sequence[str], demo_words: Sequence[str], k: int,
+                 seed: int = 0) -> list[Example]:
+    """One k-shot :func:`few_shot_example` per query word, its k example words drawn without
+    replacement from ``demo_words`` (never the query word itself), deterministic in ``seed``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    if not query_words:
+        raise ValueError("need at least one query word")
+    pool = list(dict.fromkeys(demo_words))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(task.encode()))
+    out = []
+    for q in query_words:
+        order = torch.randperm(len(pool), generator=g).tolist()
+        demos = [pool[i] for i in order if pool[i] != q][:k]
+        if len(demos) < k:
+            raise ValueError(f"k={k} examples need {k} distinct demo words other than the query {q!r}, "
+                             f"got {len(demos)}")
+        out.append(few_shot_example(task, demos, q))
+    return out

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models.lm import continuations, masked_lm_loss
-from ..tasks.instructions import STOP, Example
+from ..tasks.instructions import FEW_SHOT_TASKS, STOP, Example, few_shot_set
 
 
 def sft_step_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_lm_loss
@@ -58,3 +58,30 @@ def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, floa
     scores = {t: sum(h) / len(h) for t, h in hits.items()}
     scores["all"] = sum(sum(h) for h in hits.values()) / len(examples)
     return scores
+
+
+def in_context_scores(model, tokenizer, tasks: Sequence[str], query_words: Sequence[str],
+                      demo_words: Sequence[str], ks: Sequence[int], seeds: Sequence[int]
+                      ) -> dict[str, dict[int, list[float]]]:
+    """Exact match of greedy answers to k-shot prompts (:func:`course_lib.tasks.instructions.few_shot_set`):
+    ``{task: {k: [score for each seed]}}``, a seed drawing other example words. Every prompt with its
+    answer must fit the model's context: a cut-off answer would count as wrong without a word."""
+    if isinstance(tasks, str) or not tasks or any(t not in FEW_SHOT_TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of {list(FEW_SHOT_TASKS)}, got {tasks!r}")
+    for what, xs in (("ks", ks), ("seeds", seeds)):
+        if isinstance(xs, (str, int)) or not xs or any(isinstance(x, bool) or not isinstance(x, int) for x in xs):
+            raise ValueError(f"{what} must be a non-empty list of integers, got {xs!r}")
+    block = model.config.block_size
+    grid = {(t, k, s): few_shot_set(t, query_words, demo_words, k, seed=s) for t in tasks for k in ks for s in seeds}
+    for exs in grid.values():
+        for e in exs:
+            if (n := len(tokenizer.encode(e.text))) > block:
+                raise ValueError(f"a {e.task} prompt with its answer has {n} tokens, more than block_size={block}: "
+                                 f"use fewer examples (k) or shorter words ({e.text!r})")
+    flat = [e for exs in grid.values() for e in exs]
+    longest = max(len(tokenizer.encode(e.response)) for e in flat)  # the stop included: an answer must end
+    answers = iter(respond(model, tokenizer, [e.prompt for e in flat], max_new_tokens=longest))
+    out: dict[str, dict[int, list[float]]] = {t: {k: [] for k in ks} for t in tasks}
+    for (t, k, _), exs in grid.items():
+        out[t][k].append(sum(next(answers) == e.answer for e in exs) / len(exs))
+    return out
