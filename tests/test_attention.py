@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from course_lib import checks, measure
 from course_lib.models import attention as att
-from course_lib.models import transformer
+from course_lib.models import seq2seq, transformer
 
 # bfloat16 keeps 8 mantissa bits (relative rounding 2^-8 ~ 0.4%); we compare both implementations
 # in bf16 against a float64 ground truth and allow 3e-2 absolute on unit-scale outputs.
@@ -237,3 +237,37 @@ def test_checker_sinusoidal_positions():
 
     for wrong in (swapped, concat, no_two):
         assert not checks.sinusoidal_positions(wrong)
+
+
+def test_one_mask_convention_across_the_course():
+    """True = may attend, everywhere: 02's src_valid, 03's mask, 04's attn_mask and key_valid, and
+    F.scaled_dot_product_attention; nn.MultiheadAttention (True = may NOT attend) gets ~mask."""
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.tensor([5, 3, 1])
+    valid = seq2seq.valid_mask_from_lengths(lengths, 5)          # (B, n_keys), True at real tokens
+    assert valid.sum(-1).tolist() == lengths.tolist()
+    e = torch.randn(3, 5, generator=g)
+    alpha = seq2seq.masked_softmax(e, valid)                      # 02
+    assert (alpha[~valid] == 0).all() and (alpha[valid] > 0).all()
+    Q, K = torch.randn(3, 4, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    key_mask = valid[:, None, :].expand(3, 4, 5)                   # every query may see the real keys
+    A = att.attention_weights(Q, K, key_mask)                       # 03
+    assert (A.transpose(1, 2)[~valid] == 0).all() and (A.transpose(1, 2)[valid] > 0).all()
+    V = torch.randn(3, 5, 6, generator=g)
+    torch.testing.assert_close(A @ V, F.scaled_dot_product_attention(Q, K, V, attn_mask=key_mask),
+                               atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    ours = transformer.MultiHeadAttention.from_torch(mha).eval()   # 04
+    x = torch.randn(3, 5, 8, generator=g)
+    may = torch.rand(5, 5, generator=g) > 0.4
+    may[:, 0] = True
+    with torch.no_grad():
+        y, w = ours(x, attn_mask=may, key_valid=valid, return_weights=True)
+        theirs, _ = mha(x, x, x, attn_mask=~may, key_padding_mask=~valid, need_weights=False)
+    torch.testing.assert_close(y, theirs, atol=1e-5, rtol=1e-4)
+    assert (w.permute(0, 3, 1, 2)[~valid] == 0).all()               # no weight on padded keys
+    assert (w[:, :, ~may] == 0).all()                               # nor where attn_mask is False
+    with torch.no_grad():                                            # the other meaning gives another answer
+        wrong = ours(x, attn_mask=~may, key_valid=~valid | (torch.arange(5) == 0))
+    assert not torch.allclose(wrong, y, atol=1e-3)

@@ -128,20 +128,25 @@ case("sample_with_temperature", R.sample_with_temperature, [sample_gumbel],
 
 # --- 02 seq2seq ---------------------------------------------------------------------------------
 
-def ctx_ref(e, H, mask):
-    alpha = torch.softmax(e.masked_fill(mask, float("-inf")), -1)
-    return alpha, torch.einsum("bj,bjd->bd", alpha, H)
+def ctx_ref(e, H, valid):  # valid: True at real tokens (the course's one mask convention)
+    alpha = torch.softmax(e.masked_fill(~valid, float("-inf")), -1)
+    return torch.einsum("bj,bjd->bd", alpha, H), alpha
 
 
-def ctx_naive(e, H, mask):
-    w = torch.exp(e) * ~mask
+def ctx_naive(e, H, valid):
+    w = torch.exp(e) * valid
     alpha = w / w.sum(-1, keepdim=True)
-    return alpha, torch.bmm(alpha[:, None], H)[:, 0]
+    return torch.bmm(alpha[:, None], H)[:, 0], alpha
 
 
-def ctx_in_place(e, H, mask):
-    alpha = torch.softmax(e.masked_fill_(mask, float("-inf")), -1)
-    return alpha, torch.bmm(alpha[:, None], H)[:, 0]
+def ctx_in_place(e, H, valid):
+    alpha = torch.softmax(e.masked_fill_(~valid, float("-inf")), -1)
+    return torch.bmm(alpha[:, None], H)[:, 0], alpha
+
+
+def ctx_padding_convention(e, H, valid):  # reads the mask as True = padding, as 02 did before issue 14
+    alpha = torch.softmax(e.masked_fill(valid, float("-inf")), -1)
+    return torch.einsum("bj,bjd->bd", alpha, H), alpha
 
 
 case("additive_score", S2S.additive_score,
@@ -152,34 +157,44 @@ case("additive_score", S2S.additive_score,
       (lambda s, H, W, U, v: torch.tanh((s.flip(0) @ W.T)[:, None, :] + H @ U.T) @ v, "another sentence"),
       (lambda s, H, W, U, v: S2S.additive_score(s.detach(), H, W, U, v), "gradient")])
 case("attention_context", S2S.attention_context,
-     [ctx_ref, lambda e, H, m: (lambda a: (a, (a[..., None] * H).sum(1)))(
-         torch.softmax(torch.where(m, torch.tensor(-1e9), e), -1))],
-     [(lambda e, H, m: ctx_ref(e * ~m, H, m * False), "padding"),
-      (lambda e, H, m: (torch.softmax(e, 0), torch.einsum("bj,bjd->bd", torch.softmax(e, 0), H)), "dim 0"),
+     [ctx_ref, lambda e, H, m: (lambda a: ((a[..., None] * H).sum(1), a))(
+         torch.softmax(torch.where(m, e, torch.tensor(-1e9)), -1))],
+     [(lambda e, H, m: ctx_ref(e * m, H, m | True), "padding"),
+      (lambda e, H, m: (torch.einsum("bj,bjd->bd", torch.softmax(e, 0), H), torch.softmax(e, 0)), "dim 0"),
       (ctx_naive, "inf/nan"),
       (ctx_in_place, "[mutation]"),
-      (lambda e, H, m: (lambda a, c: (a, c.detach()))(*ctx_ref(e, H, m)), "gradient")])
+      (ctx_padding_convention, "REAL tokens"),
+      (lambda e, H, m: ctx_ref(e, H, m)[::-1], "(c, alpha)"),
+      (lambda e, H, m: (lambda c, a: (c.detach(), a))(*ctx_ref(e, H, m)), "gradient")])
 
 
-def dec_ref(model, y_prev, s_prev, H, mask):
-    c, alpha = model.attention(s_prev, H, mask)
+def dec_ref(model, y_prev, s_prev, H, valid):
+    c, alpha = model.attention(s_prev, H, valid)
     emb = model.tgt_embed(y_prev)
     s = model.cell(torch.cat([emb, c], -1), s_prev)
     return model.out(torch.cat([s, c, emb], -1)), s, alpha
 
 
-def dec_late(model, y_prev, s_prev, H, mask):
+def dec_late(model, y_prev, s_prev, H, valid):
     emb = model.tgt_embed(y_prev)
-    c0, _ = model.attention(s_prev, H, mask)
+    c0, _ = model.attention(s_prev, H, valid)
     s = model.cell(torch.cat([emb, c0], -1), s_prev)
-    c, alpha = model.attention(s, H, mask)
+    c, alpha = model.attention(s, H, valid)
     return model.out(torch.cat([s, c, emb], -1)), s, alpha
 
 
-def dec_no_context(model, y_prev, s_prev, H, mask):
-    c, alpha = model.attention(s_prev, H, mask)
+def dec_no_context(model, y_prev, s_prev, H, valid):
+    c, alpha = model.attention(s_prev, H, valid)
     emb = model.tgt_embed(y_prev)
     s = model.cell(torch.cat([emb, torch.zeros_like(c)], -1), s_prev)
+    return model.out(torch.cat([s, c, emb], -1)), s, alpha
+
+
+def dec_padding_convention(model, y_prev, s_prev, H, valid):  # the exercise's functions, mask read inverted
+    a = model.attention
+    c, alpha = ctx_padding_convention(S2S.additive_score(s_prev, H, a.W, a.U, a.v), H, valid)
+    emb = model.tgt_embed(y_prev)
+    s = model.cell(torch.cat([emb, c], -1), s_prev)
     return model.out(torch.cat([s, c, emb], -1)), s, alpha
 
 
@@ -197,6 +212,8 @@ case("decoder_step", S2S.decoder_step, [dec_ref],
      [(dec_late, "previous state"), (dec_no_context, "ignores the context"),
       (lambda model, y, s, H, m: (lambda lg, s_, a: (lg, s_, a))(*S2S.decoder_step(model, y, s.flip(0), H, m)),
        "differs"),
+      (dec_padding_convention, "real source token"),
+      (lambda model, y, s, H, m: S2S.decoder_step(model, y, s, H, ~m), "[error]"),
       (dec_no_grad, "gradient"), (dec_train_mode, "[mutation]")])
 
 

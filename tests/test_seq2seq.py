@@ -27,7 +27,7 @@ def padded_batch(seed: int = 0, lengths=(6, 3, 5, 1), V: int = 11):
     lengths = torch.tensor(lengths)
     T = int(lengths.max())
     src = torch.randint(1, V, (len(lengths), T), generator=g)
-    src[s2s.padding_mask_from_lengths(lengths, T)] = 0
+    src[~s2s.valid_mask_from_lengths(lengths, T)] = 0
     return src, lengths
 
 
@@ -115,18 +115,19 @@ def test_additive_score_matches_the_formula_written_out():
 def test_attention_weights_sum_to_one_and_mask_padding():
     g = torch.Generator().manual_seed(1)
     lengths = torch.tensor([5, 2, 1, 4])
-    mask = s2s.padding_mask_from_lengths(lengths, 5)
+    valid = s2s.valid_mask_from_lengths(lengths, 5)  # True = real token, may be attended
+    assert valid.tolist()[1] == [True, True, False, False, False]
     e = torch.randn(4, 5, generator=g) * 3
     H = torch.randn(4, 5, 3, generator=g)
-    alpha = s2s.masked_softmax(e, mask)
+    alpha = s2s.masked_softmax(e, valid)
     torch.testing.assert_close(alpha.sum(-1), torch.ones(4))
-    assert (alpha[mask] == 0).all()
+    assert (alpha[~valid] == 0).all() and (alpha[valid] > 0).all()
     for b, n in enumerate(lengths.tolist()):  # equals PyTorch's softmax over the real positions only
         torch.testing.assert_close(alpha[b, :n], torch.softmax(e[b, :n], -1))
         torch.testing.assert_close(s2s.context_vector(alpha, H)[b], (alpha[b, :n, None] * H[b, :n]).sum(0))
     # padding content cannot leak into the context
     H2 = H.clone()
-    H2[mask] = 1e3
+    H2[~valid] = 1e3
     torch.testing.assert_close(s2s.context_vector(alpha, H2), s2s.context_vector(alpha, H))
 
 
@@ -137,15 +138,17 @@ def test_model_attention_weights_sum_to_one_and_are_zero_on_padding():
     logits, alpha = model(src, lengths, tgt_in)
     assert logits.shape == (4, 3, 9) and alpha.shape == (4, 3, 6)
     torch.testing.assert_close(alpha.sum(-1), torch.ones(4, 3))
-    mask = s2s.padding_mask_from_lengths(lengths, 6)
-    assert (alpha.masked_select(mask[:, None, :].expand_as(alpha)) == 0).all()
+    valid = s2s.valid_mask_from_lengths(lengths, 6)
+    assert (alpha.masked_select(~valid[:, None, :].expand_as(alpha)) == 0).all()
 
 
 def test_attention_bad_inputs_raise():
     with pytest.raises(ValueError, match="all padding"):
-        s2s.masked_softmax(torch.zeros(2, 3), torch.tensor([[False, True, True], [True, True, True]]))
-    with pytest.raises(ValueError, match=r"padding_mask must be a bool tensor of shape \(2, 3\)"):
+        s2s.masked_softmax(torch.zeros(2, 3), torch.tensor([[True, False, False], [False, False, False]]))
+    with pytest.raises(ValueError, match=r"src_valid must be a bool tensor of shape \(2, 3\) \(True = real token"):
         s2s.masked_softmax(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="src_valid must be a bool tensor"):
+        s2s.masked_softmax(torch.zeros(2, 3), torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"U must have shape \(d_a=6, d_h=4\)"):
         s2s.additive_score(torch.zeros(2, 3), torch.zeros(2, 5, 4), torch.zeros(6, 3), torch.zeros(4, 6),
                            torch.zeros(6))
@@ -155,7 +158,7 @@ def test_attention_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"s_prev must have shape \(B, d_s\)"):
         s2s.additive_score(torch.zeros(3), torch.zeros(2, 5, 4), torch.zeros(6, 3), torch.zeros(6, 4), torch.zeros(6))
     with pytest.raises(ValueError, match="length >= 1"):
-        s2s.padding_mask_from_lengths(torch.tensor([3, 0]))
+        s2s.valid_mask_from_lengths(torch.tensor([3, 0]))
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -192,8 +195,8 @@ def test_decoder_step_function_equals_the_module_and_the_forward():
     src, lengths = padded_batch()
     mem = model.encode(src, lengths)
     y = torch.tensor([1, 3, 4, 5])
-    got = s2s.decoder_step(model, y, mem.s0, mem.H, mem.padding_mask)
-    want = model.decoder_step(y, mem.s0, mem.H, mem.padding_mask)
+    got = s2s.decoder_step(model, y, mem.s0, mem.H, mem.src_valid)
+    want = model.decoder_step(y, mem.s0, mem.H, mem.src_valid)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
     logits, alpha = model(src, lengths, y[:, None])
@@ -280,9 +283,9 @@ def test_beam_search_is_exact_with_a_wide_beam_and_greedy_with_one():
 
 # -------------------------------------------------------------------------------------- checkers
 
-def _ref_attention_context(e, H, mask):
-    alpha = s2s.masked_softmax(e, mask)
-    return alpha, s2s.context_vector(alpha, H)
+def _ref_attention_context(e, H, valid):
+    alpha = s2s.masked_softmax(e, valid)
+    return s2s.context_vector(alpha, H), alpha
 
 
 def _ref_additive_score(s, H, W, U, v):
@@ -304,25 +307,36 @@ def test_checker_attention_context():
     assert checks.attention_context(_ref_attention_context)
     assert checks.attention_context(s2s.attention_context)
 
-    def no_mask(e, H, mask):
+    def no_mask(e, H, valid):
         return _ref_attention_context(e, H, None)
 
-    def multiply_mask(e, H, mask):  # zero scores still get weight
-        alpha = torch.softmax(e * (~mask), -1)
-        return alpha, s2s.context_vector(alpha, H)
+    def multiply_mask(e, H, valid):  # zero scores still get weight
+        alpha = torch.softmax(e * valid, -1)
+        return s2s.context_vector(alpha, H), alpha
 
-    def wrong_dim(e, H, mask):
-        alpha = torch.softmax(e.masked_fill(mask, float("-inf")), 0)
-        return alpha, s2s.context_vector(alpha, H)
+    def wrong_dim(e, H, valid):
+        alpha = torch.softmax(e.masked_fill(~valid, float("-inf")), 0)
+        return s2s.context_vector(alpha, H), alpha
 
-    def sum_not_average(e, H, mask):
-        alpha = s2s.masked_softmax(e, mask)
-        return alpha, H.sum(1)
+    def sum_not_average(e, H, valid):
+        return H.sum(1), s2s.masked_softmax(e, valid)
 
-    for wrong in (no_mask, multiply_mask, wrong_dim, sum_not_average):
+    def alpha_first(e, H, valid):  # the old order of the exercise
+        return _ref_attention_context(e, H, valid)[::-1]
+
+    def padding_convention(e, H, valid):  # reads the mask as True = padding (nn.MultiheadAttention's)
+        alpha = torch.softmax(e.masked_fill(valid, float("-inf")), -1)
+        return s2s.context_vector(alpha, H), alpha
+
+    for wrong in (no_mask, multiply_mask, wrong_dim, sum_not_average, alpha_first, padding_convention):
         v = checks.attention_context(wrong)
         assert not v and v.status == "failed", wrong.__name__
     assert "padding" in checks.attention_context(multiply_mask).message
+    assert "(c, alpha)" in checks.attention_context(alpha_first).message
+    assert "REAL tokens" in checks.attention_context(padding_convention).message
+    c, alpha = s2s.attention_context(torch.randn(2, 4), torch.randn(2, 4, 3), s2s.valid_mask_from_lengths(
+        torch.tensor([4, 2])))
+    assert c.shape == (2, 3) and alpha.shape == (2, 4) and (alpha[1, 2:] == 0).all()
 
 
 def test_checker_decoder_step():
@@ -352,3 +366,15 @@ def test_checker_decoder_step():
     assert "context" in checks.decoder_step(no_context_in_cell).message
     assert not checks.decoder_step(wrong_order)
     assert not checks.decoder_step(lambda model, *a: (1, 2))
+
+    def padding_convention(model, y, s_prev, H, valid):  # attends to the padding only
+        alpha = torch.softmax(torch.zeros(valid.shape).masked_fill(valid, float("-inf")), -1)
+        c = s2s.context_vector(alpha, H)
+        emb = model.tgt_embed(y)
+        s = model.cell(torch.cat([emb, c], -1), s_prev)
+        return model.out(torch.cat([s, c, emb], -1)), s, alpha
+
+    inverted = checks.decoder_step(padding_convention)
+    assert not inverted and "real" in inverted.message
+    flipped = checks.decoder_step(lambda model, y, s, H, valid: s2s.decoder_step(model, y, s, H, ~valid))
+    assert not flipped and "src_valid" in flipped.message

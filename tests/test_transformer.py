@@ -49,8 +49,10 @@ def test_mha_matches_torch_float32(seed, masks):
             y, _ = mha(x, x, x, attn_mask=~att.causal_mask(n), need_weights=False)
             y2 = ours(x, causal=True)
         else:
+            # the course's key_valid is True at real keys; nn.MultiheadAttention's key_padding_mask is
+            # True at padding: the boundary converts with ~
             y, _ = mha(x, x, x, key_padding_mask=pad, need_weights=False)
-            y2 = ours(x, key_padding_mask=pad)
+            y2 = ours(x, key_valid=~pad)
     torch.testing.assert_close(y2, y, atol=1e-5, rtol=1e-4)
 
 
@@ -166,9 +168,9 @@ def test_split_merge_roundtrip_and_layout():
     (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(1, 4, 8), attn_mask=torch.ones(4, 4)), "bool"),
     (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(1, 4, 8), attn_mask=torch.ones(4, 5, dtype=torch.bool)),
      r"\(4, 4\)"),
-    (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(2, 4, 8), key_padding_mask=torch.ones(2, 5, dtype=torch.bool)),
+    (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(2, 4, 8), key_valid=torch.ones(2, 5, dtype=torch.bool)),
      r"\(2, 4\)"),
-    (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(2, 4, 8), key_padding_mask=torch.ones(2, 4)), "bool"),
+    (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(2, 4, 8), key_valid=torch.ones(2, 4)), "bool"),
     (lambda: tr.MultiHeadAttention(8, 2)(torch.randn(2, 4, 8), context=torch.randn(2, 3, 6)), "context"),
     (lambda: tr.split_heads(torch.randn(1, 2, 10), 4), "not divisible"),
     (lambda: att.multi_head_self_attention(torch.randn(3, 6), *(torch.randn(6, 6),) * 4, n_heads=4), "divide"),

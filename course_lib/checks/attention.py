@@ -64,7 +64,9 @@ def attention_weights(student) -> str:
     mask = torch.rand(6, 6, generator=g) > 0.4
     mask[:, 0] = True  # every query may attend to at least one key
     A = expect_tensor(student(Q, K, mask), "A with a mask", shape=(6, 6), dtype=Q.dtype)
-    expect(bool((A[~mask].abs() < 1e-7).all()), "masked positions (mask False) must get weight exactly 0")
+    expect(bool((A[~mask].abs() < 1e-7).all()),
+           "masked positions (mask False) must get weight exactly 0: the mask is True where a query MAY attend "
+           "(the course's convention, F.scaled_dot_product_attention's), so fill the scores where it is False")
     expect_close(A.sum(-1), torch.ones(6), "the row sums of masked A",
                  hint="mask the scores with -inf before the softmax, so the rest renormalise to 1")
     expect_close(A, ref.attention_weights(Q, K, mask), "A with a mask")

@@ -51,23 +51,44 @@ def additive_score(student) -> str:
     return "e_ij = v^T tanh(W s_{i-1} + U h_j) for every j"
 
 
-@checker("attention_context", hint="alpha = softmax over j of e with padding set to -inf; c_i = sum_j alpha_ij h_j.")
+def _inverted(alpha: torch.Tensor, valid: torch.Tensor) -> bool:
+    """In the rows with padding, the real tokens get weight 0 and the padding all of it: the mask was
+    read as True = padding (nn.MultiheadAttention's key_padding_mask), not True = real token."""
+    rows = (~valid).any(-1)
+    if not bool(rows.any()):
+        return False
+    a, v = alpha.detach()[rows], valid[rows]
+    on_real, on_pad = a[v].nan_to_num(1.0), a[~v]
+    return bool((on_real.abs() < 1e-6).all() and torch.isfinite(on_pad).all() and on_pad.sum() > 0)
+
+
+@checker("attention_context", hint="alpha = softmax over j of e with the scores where src_valid is False set to "
+         "-inf; c_i = sum_j alpha_ij h_j; return (c, alpha), context first.")
 def attention_context(student) -> str:
-    """Student: ``attention_context(e (B, T_x), H (B, T_x, d_h), padding_mask (B, T_x) bool, True = pad)``
-    -> (alpha (B, T_x), c (B, d_h))."""
+    """Student: ``attention_context(e (B, T_x), H (B, T_x, d_h), src_valid (B, T_x) bool, True = real token)``
+    -> (c (B, d_h), alpha (B, T_x))."""
     g = torch.Generator().manual_seed(1)
-    B, T, d_h = 3, 6, 5
+    B, T, d_h = 3, 6, 5  # T != d_h, so the two outputs have different shapes and their order shows
     e = torch.randn(B, T, generator=g) * 2
     H = torch.randn(B, T, d_h, generator=g)
-    mask = ref.padding_mask_from_lengths(torch.tensor([6, 4, 1]), T)
-    mixed = ref.padding_mask_from_lengths(torch.tensor([2, 6, 5]), T)
-    cases = [(e, torch.zeros(B, T, dtype=torch.bool), "without padding"), (e, mask, "with padding"),
-             (e, mixed, "with other lengths"), (e * 400, mask, "with large scores (|e| ~ 1000)")]
-    for scores, case_mask, what in cases:
-        alpha, c = expect_items(student(scores, H, case_mask), 2, "attention_context")
-        expect_tensor(alpha, f"alpha {what}", (B, T), dtype=scores.dtype, device=scores.device)
+    valid = ref.valid_mask_from_lengths(torch.tensor([6, 4, 1]), T)
+    mixed = ref.valid_mask_from_lengths(torch.tensor([2, 6, 5]), T)
+    cases = [(e, valid, "with padding"), (e, torch.ones(B, T, dtype=torch.bool), "without padding"),
+             (e, mixed, "with other lengths"), (e * 400, valid, "with large scores (|e| ~ 1000)")]
+    for scores, case_valid, what in cases:
+        first, second = expect_items(student(scores, H, case_valid), 2, "attention_context")
+        if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) \
+                and tuple(first.shape) == (B, T) and tuple(second.shape) == (B, d_h):
+            raise CheckFailed("you returned (alpha, c); the order is (c, alpha), context first, the order "
+                              "model.attention uses")
+        c, alpha = first, second
         expect_tensor(c, f"c {what}", (B, d_h), dtype=H.dtype, device=H.device)
-        ref_alpha = ref.masked_softmax(scores, case_mask)
+        expect_tensor(alpha, f"alpha {what}", (B, T), dtype=scores.dtype, device=scores.device)
+        ref_alpha = ref.masked_softmax(scores, case_valid)
+        if _inverted(alpha, case_valid):
+            raise CheckFailed("alpha is zero on every real token and puts its weight on padding: src_valid is "
+                              "True at the REAL tokens (may be attended) and False at padding, so set the scores "
+                              "to -inf where it is False: e.masked_fill(~src_valid, -inf)")
         if _close(alpha, torch.softmax(scores, dim=0)):
             raise CheckFailed("alpha is a softmax over the batch (dim 0); normalise over source positions j (dim -1)")
         expect(bool(torch.isfinite(alpha).all()), f"alpha {what} contains inf/nan: exp of a large score overflows; "
@@ -75,17 +96,17 @@ def attention_context(student) -> str:
         sums = alpha.detach().sum(-1)
         expect(torch.allclose(sums, torch.ones(B), atol=1e-4),
                f"alpha {what} should sum to 1 over j in every row, got row sums {[round(x, 4) for x in sums.tolist()]}")
-        pad_weight = alpha.detach()[case_mask].abs().max().item() if case_mask.any() else 0.0
+        pad_weight = alpha.detach()[~case_valid].abs().max().item() if (~case_valid).any() else 0.0
         expect(pad_weight < 1e-6,
-               f"alpha puts weight {pad_weight:.3g} on padding positions; set their scores to -inf before the "
-               "softmax (multiplying e by the mask leaves a score of 0, which still gets weight)")
+               f"alpha puts weight {pad_weight:.3g} on padding positions (src_valid False); set their scores to "
+               "-inf before the softmax (multiplying e by the mask leaves a score of 0, which still gets weight)")
         expect_close(alpha, ref_alpha, f"alpha {what}")
         expect_close(c, ref.context_vector(ref_alpha, H), f"c {what}",
                      hint="c_i = sum_j alpha_ij h_j: a weighted average of the annotations (torch.bmm or einsum)")
     leaves = {"e": (e * 1.0).requires_grad_(), "H": H.clone().requires_grad_()}
-    alpha, c = expect_items(student(leaves["e"], leaves["H"], mask), 2, "attention_context")
-    expect_grads(c, leaves, lambda e_, H_: ref.attention_context(e_, H_, mask)[1], "c")
-    return "weights sum to one over real positions and are zero on padding"
+    c, alpha = expect_items(student(leaves["e"], leaves["H"], valid), 2, "attention_context")
+    expect_grads(c, leaves, lambda e_, H_: ref.attention_context(e_, H_, valid)[0], "c")
+    return "(c, alpha): weights sum to one over real positions and are zero on padding"
 
 
 def _tiny_model(seed: int = 0) -> ref.Seq2Seq:
@@ -96,8 +117,8 @@ def _tiny_model(seed: int = 0) -> ref.Seq2Seq:
 @checker("decoder_step",
          hint="c_i from s_{i-1}; s_i = cell([E y_{i-1}; c_i], s_{i-1}); logits = out([s_i; c_i; E y_{i-1}]).")
 def decoder_step(student) -> str:
-    """Student: ``decoder_step(model, y_prev (B,), s_prev (B, d_s), H (B, T_x, d_h), padding_mask)``
-    -> (logits (B, V), s_i (B, d_s), alpha_i (B, T_x))."""
+    """Student: ``decoder_step(model, y_prev (B,), s_prev (B, d_s), H (B, T_x, d_h), src_valid)``
+    -> (logits (B, V), s_i (B, d_s), alpha_i (B, T_x)); ``src_valid`` True at real source tokens."""
     model = _tiny_model()
     g = torch.Generator().manual_seed(2)
     B, T = 3, 6
@@ -109,20 +130,24 @@ def decoder_step(student) -> str:
         s_prev = (mem.s0 + 0.3 * (k + 1) * torch.randn(mem.s0.shape, generator=g)).requires_grad_()
         H = mem.H.clone().requires_grad_()
         y_prev = torch.randint(0, 9, (B,), generator=g)
-        out = student(model, y_prev, s_prev, H, mem.padding_mask)
+        out = student(model, y_prev, s_prev, H, mem.src_valid)
         logits, s, alpha = expect_items(out, 3, "decoder_step")
         with torch.no_grad():
-            exp_logits, exp_s, exp_alpha = model.decoder_step(y_prev, s_prev, H, mem.padding_mask)
+            exp_logits, exp_s, exp_alpha = model.decoder_step(y_prev, s_prev, H, mem.src_valid)
         expect_tensor(logits, "logits", tuple(exp_logits.shape), dtype=exp_logits.dtype, device=exp_logits.device)
         expect_tensor(s, "s_i", tuple(exp_s.shape), dtype=exp_s.dtype)
         expect_tensor(alpha, "alpha_i", tuple(exp_alpha.shape), dtype=exp_alpha.dtype)
         with torch.no_grad():
             if not _close(alpha, exp_alpha):
-                _, late = model.attention(exp_s, H, mem.padding_mask)
+                _, late = model.attention(exp_s, H, mem.src_valid)
+                if _inverted(alpha, mem.src_valid):
+                    raise CheckFailed("alpha_i is zero on every real source token and puts its weight on padding: "
+                                      "src_valid is True at the real tokens; pass it as it is, "
+                                      "model.attention(s_prev, H, src_valid)")
                 if _close(alpha, late):
                     raise CheckFailed("alpha_i was computed from the new state s_i; Bahdanau's decoder attends "
                                       "with the previous state s_{i-1}, before the GRU update")
-                expect_close(alpha, exp_alpha, "alpha_i", hint="use model.attention(s_prev, H, padding_mask)")
+                expect_close(alpha, exp_alpha, "alpha_i", hint="use model.attention(s_prev, H, src_valid)")
             if not _close(s, exp_s):
                 emb = model.tgt_embed(y_prev)
                 no_ctx = torch.cat([emb, torch.zeros_like(H[:, 0])], -1)
@@ -132,6 +157,6 @@ def decoder_step(student) -> str:
         expect_close(logits, exp_logits, "logits",
                      hint="logits = model.out(torch.cat([s_i, c_i, E y_{i-1}], -1)), in that order")
     expect_grads(logits, {"s_prev": s_prev, "H": H},
-                 lambda s_, H_: model.decoder_step(y_prev, s_, H_, mem.padding_mask)[0], "the logits",
+                 lambda s_, H_: model.decoder_step(y_prev, s_, H_, mem.src_valid)[0], "the logits",
                  shared=dict(model.named_parameters()))
     return "one step of the attention decoder"

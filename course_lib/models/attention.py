@@ -12,9 +12,14 @@ You Need")::
     A = Softmax(S)                          (each row sums to 1)
     Y = A V                                 (n x d_V)
 
-Masks follow ``F.scaled_dot_product_attention``: a boolean mask is True where a query MAY attend
-to a key; masked scores become -inf before the softmax. A row with no allowed key gives a zero
-output (as PyTorch's kernels do), never NaN.
+Masks: the one convention of the whole course, that of ``F.scaled_dot_product_attention``'s
+boolean ``attn_mask``: True where a query MAY attend to a key, False where it may not; masked
+scores become -inf before the softmax. A row with no allowed key gives a zero output (as
+PyTorch's kernels do), never NaN. Every mask of the course means this: notebook 02's
+``src_valid`` (True at real source tokens), :mod:`course_lib.models.transformer`'s ``attn_mask``
+and ``key_valid`` (True at real keys), :func:`causal_mask`. Where PyTorch means the opposite
+(``nn.MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``: True = may NOT attend), the
+course converts at that call, with ``~mask`` written out.
 
 The multi-head version, the transformer block and the encoder live in
 :mod:`course_lib.models.transformer`; this module is the single-head, from-scratch layer plus
@@ -258,9 +263,3 @@ class OrderProbe(nn.Module):
             maps.append(A)
         logits = self.head(h[:, -1])
         return (logits, torch.stack(maps, 1)) if return_weights else logits
-
-
-
-
-
-

@@ -17,8 +17,11 @@ Without attention (Sutskever et al., 2014; Cho et al., 2014) the same decoder re
 *fixed* context c = [->h_{T_x} ; <-h_1] at every step: the whole sentence squeezed into one
 vector. ``Seq2Seq(attention=False)`` is exactly that model, so the two differ only in c_i.
 
-The initial decoder state is s_0 = tanh(W_s <-h_1), as in the paper. Masks: ``padding_mask``
-(B, T_x) is True at padding positions, like ``key_padding_mask`` in ``nn.MultiheadAttention``.
+The initial decoder state is s_0 = tanh(W_s <-h_1), as in the paper. Masks follow the course's
+one convention (stated in notebook 03 and :mod:`course_lib.models.attention`): True = may be
+attended. ``src_valid`` (B, T_x) is True at the real source tokens and False at padding. (PyTorch's
+``nn.MultiheadAttention`` means the opposite by its ``key_padding_mask``; pass it ``~src_valid``.)
+Every attention read returns the context first: ``(c, alpha)``.
 """
 from __future__ import annotations
 
@@ -58,8 +61,8 @@ def additive_score(s_prev: torch.Tensor, H: torch.Tensor, W: torch.Tensor, U: to
     return torch.tanh((s_prev @ W.T)[:, None, :] + H @ U.T) @ v
 
 
-def padding_mask_from_lengths(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """(B, T) bool, True at padding positions j >= length."""
+def valid_mask_from_lengths(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """(B, T) bool, True at the real positions j < length (may be attended), False at padding."""
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got {shape_of(lengths)}")
     if lengths.numel() and int(lengths.min()) < 1:
@@ -67,24 +70,27 @@ def padding_mask_from_lengths(lengths: torch.Tensor, max_len: int | None = None)
     T = int(lengths.max()) if max_len is None else max_len
     if lengths.numel() and int(lengths.max()) > T:
         raise ValueError(f"a length {int(lengths.max())} exceeds max_len={T}")
-    return torch.arange(T, device=lengths.device)[None, :] >= lengths[:, None]
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def masked_softmax(e: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+def masked_softmax(e: torch.Tensor, src_valid: torch.Tensor | None = None, *,
                    check_rows: bool = True) -> torch.Tensor:
-    """alpha_ij = softmax_j(e_ij) over the real positions; exactly 0 where ``padding_mask`` is True.
-    A row that is all padding is a ValueError; ``check_rows=False`` skips that check (it reads the
+    """alpha_ij = softmax_j(e_ij) over the real positions; exactly 0 where ``src_valid`` is False.
+    A row with no real position is a ValueError; ``check_rows=False`` skips that check (it reads the
     mask on the host, a device sync) for a mask known to be valid, e.g. the decoder's at every step."""
     if e.dim() != 2:
         raise ValueError(f"scores e must have shape (B, T_x), got {shape_of(e)}")
-    if padding_mask is None:
+    if src_valid is None:
         return torch.softmax(e, dim=-1)
-    if padding_mask.dtype != torch.bool or shape_of(padding_mask) != shape_of(e):
-        raise ValueError(f"padding_mask must be a bool tensor of shape {shape_of(e)} (True = padding), "
-                         f"got {padding_mask.dtype} {shape_of(padding_mask)}")
-    if check_rows and not is_compiling() and bool(padding_mask.all(dim=-1).any()):
-        raise ValueError("a row of padding_mask is all padding: an empty source sequence has nothing to attend to")
-    return torch.softmax(e.masked_fill(padding_mask, float("-inf")), dim=-1)
+    if not isinstance(src_valid, torch.Tensor) or src_valid.dtype != torch.bool or shape_of(src_valid) != shape_of(e):
+        got = f"{src_valid.dtype} {shape_of(src_valid)}" if isinstance(src_valid, torch.Tensor) else \
+            type(src_valid).__name__
+        raise ValueError(f"src_valid must be a bool tensor of shape {shape_of(e)} (True = real token, may be "
+                         f"attended; False = padding), got {got}")
+    if check_rows and not is_compiling() and bool((~src_valid).all(dim=-1).any()):
+        raise ValueError("a row of src_valid is all False (all padding): an empty source sequence has nothing "
+                         "to attend to (True marks the real tokens)")
+    return torch.softmax(e.masked_fill(~src_valid, float("-inf")), dim=-1)
 
 
 def context_vector(alpha: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -95,20 +101,19 @@ def context_vector(alpha: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return torch.bmm(alpha.unsqueeze(1), H).squeeze(1)
 
 
-def attention_context(e: torch.Tensor, H: torch.Tensor, padding_mask: torch.Tensor | None = None
+def attention_context(e: torch.Tensor, H: torch.Tensor, src_valid: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_i = masked softmax_j(e_ij) and c_i = sum_j alpha_ij h_j, returned as (alpha, c)."""
-    alpha = masked_softmax(e, padding_mask)
-    return alpha, context_vector(alpha, H)
+    """alpha_i = masked softmax_j(e_ij) and c_i = sum_j alpha_ij h_j, returned as (c, alpha): the
+    context first, like every attention read of the course."""
+    alpha = masked_softmax(e, src_valid)
+    return context_vector(alpha, H), alpha
 
 
 def bahdanau_attention(s_prev: torch.Tensor, H: torch.Tensor, W: torch.Tensor, U: torch.Tensor,
-                       v: torch.Tensor, padding_mask: torch.Tensor | None = None
+                       v: torch.Tensor, src_valid: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """One attention read: (c_i (B, d_h), alpha_i (B, T_x)) from s_{i-1} and the annotations."""
-    e = additive_score(s_prev, H, W, U, v)
-    alpha = masked_softmax(e, padding_mask)
-    return context_vector(alpha, H), alpha
+    return attention_context(additive_score(s_prev, H, W, U, v), H, src_valid)
 
 
 class AdditiveAttention(nn.Module):
@@ -133,14 +138,15 @@ class AdditiveAttention(nn.Module):
         """U h_j for all j: (B, T_x, d_a)."""
         return H @ self.U.T
 
-    def forward(self, s_prev: torch.Tensor, H: torch.Tensor, padding_mask: torch.Tensor | None = None,
+    def forward(self, s_prev: torch.Tensor, H: torch.Tensor, src_valid: torch.Tensor | None = None,
                 keys: torch.Tensor | None = None, check_rows: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_i, alpha_i); ``src_valid`` (B, T_x) True at real source tokens."""
         if keys is None:
-            return bahdanau_attention(s_prev, H, self.W, self.U, self.v, padding_mask)
+            return bahdanau_attention(s_prev, H, self.W, self.U, self.v, src_valid)
         if s_prev.dim() != 2 or shape_of(keys) != (*shape_of(H)[:2], self.W.size(0)):
             raise ValueError(f"keys must have shape {(*shape_of(H)[:2], self.W.size(0))}, got {shape_of(keys)}")
         e = torch.tanh((s_prev @ self.W.T)[:, None, :] + keys) @ self.v
-        alpha = masked_softmax(e, padding_mask, check_rows=check_rows)
+        alpha = masked_softmax(e, src_valid, check_rows=check_rows)
         return context_vector(alpha, H), alpha
 
 
@@ -170,7 +176,7 @@ class Memory:
     """What the decoder reads: annotations, their mask, precomputed keys U h_j, the fixed context."""
 
     H: torch.Tensor              # (B, T_x, d_h)
-    padding_mask: torch.Tensor   # (B, T_x) True at padding
+    src_valid: torch.Tensor      # (B, T_x) True at real tokens, False at padding
     keys: torch.Tensor | None    # (B, T_x, d_a) with attention, else None
     context: torch.Tensor        # (B, d_h) fixed c (used without attention)
     s0: torch.Tensor             # (B, d_s) initial decoder state
@@ -214,26 +220,27 @@ class Seq2Seq(nn.Module):
         if int(src_len.min()) < 1 or int(src_len.max()) > src.size(1):
             raise ValueError(f"src_len must lie in [1, T_x={src.size(1)}], got {src_len.tolist()}")
         H, fwd_last, bwd_first = self.encoder(src, src_len)
-        mask = padding_mask_from_lengths(src_len.to(src.device), src.size(1))
+        mask = valid_mask_from_lengths(src_len.to(src.device), src.size(1))
         keys = self.attention.keys(H) if self.attention is not None else None
         return Memory(H, mask, keys, torch.cat([fwd_last, bwd_first], dim=-1),
                       torch.tanh(self.init_state(bwd_first)))
 
     # -- one decoder step -----------------------------------------------------------------------
     def decoder_step(self, y_prev: torch.Tensor, s_prev: torch.Tensor, H: torch.Tensor,
-                     padding_mask: torch.Tensor | None = None, *, keys: torch.Tensor | None = None,
+                     src_valid: torch.Tensor | None = None, *, keys: torch.Tensor | None = None,
                      context: torch.Tensor | None = None, check_rows: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits (B, V), s_i (B, d_s), alpha_i (B, T_x) or None) from y_{i-1} (B,) and s_{i-1}.
 
         With attention: c_i from s_{i-1} and H; without: ``context`` is the fixed c.
-        ``check_rows=False`` trusts ``padding_mask`` (see :func:`masked_softmax`).
+        ``src_valid`` (B, T_x) is True at real source tokens. ``check_rows=False`` trusts it (see
+        :func:`masked_softmax`).
         """
         if y_prev.dim() != 1 or s_prev.dim() != 2 or y_prev.size(0) != s_prev.size(0):
             raise ValueError(f"y_prev must be (B,) ids and s_prev (B, d_s); got {shape_of(y_prev)} and "
                              f"{shape_of(s_prev)}")
         if self.attention is not None:
-            c, alpha = self.attention(s_prev, H, padding_mask, keys=keys, check_rows=check_rows)
+            c, alpha = self.attention(s_prev, H, src_valid, keys=keys, check_rows=check_rows)
         else:
             if context is None:
                 raise ValueError("a model without attention needs the fixed context (B, d_h) in context=")
@@ -246,7 +253,7 @@ class Seq2Seq(nn.Module):
     def step(self, y_prev: torch.Tensor, s_prev: torch.Tensor, memory: Memory):
         """One decoder step reading ``memory`` (from :meth:`encode`, which checked every source has a
         real token, so the mask is not re-checked at each step: no device sync per step)."""
-        return self.decoder_step(y_prev, s_prev, memory.H, memory.padding_mask, keys=memory.keys,
+        return self.decoder_step(y_prev, s_prev, memory.H, memory.src_valid, keys=memory.keys,
                                  context=memory.context, check_rows=False)
 
     # -- training forward -----------------------------------------------------------------------
@@ -277,9 +284,9 @@ class Seq2Seq(nn.Module):
 
 
 def decoder_step(model: Seq2Seq, y_prev: torch.Tensor, s_prev: torch.Tensor, H: torch.Tensor,
-                 padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 src_valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The notebook's exercise, written out: one step of the attention decoder of ``model``."""
-    c, alpha = bahdanau_attention(s_prev, H, model.attention.W, model.attention.U, model.attention.v, padding_mask)
+    c, alpha = bahdanau_attention(s_prev, H, model.attention.W, model.attention.U, model.attention.v, src_valid)
     emb = model.tgt_embed(y_prev)
     s = model.cell(torch.cat([emb, c], dim=-1), s_prev)
     logits = model.out(torch.cat([s, c, emb], dim=-1))
@@ -361,7 +368,7 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_len: torch.Tensor | int |
     V = model.tgt_vocab_size
     for t in range(max_len):
         k = tokens.size(0)
-        m = Memory(mem.H.expand(k, -1, -1), mem.padding_mask.expand(k, -1),
+        m = Memory(mem.H.expand(k, -1, -1), mem.src_valid.expand(k, -1),
                    None if mem.keys is None else mem.keys.expand(k, -1, -1),
                    mem.context.expand(k, -1), mem.s0.expand(k, -1))
         logits, s_new, a = model.step(y, s, m)

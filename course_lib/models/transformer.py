@@ -7,9 +7,11 @@ slices and concatenates them, followed by an output projection W_O (Vaswani et a
 residual connections; we use pre-norm (LayerNorm before each sub-layer, as GPT-2 and ViT do),
 with post-norm available for comparison.
 
-Masks follow PyTorch's ``F.scaled_dot_product_attention``: a boolean ``attn_mask`` is True
-where a query MAY attend to a key; ``key_padding_mask`` (B, n_keys) is True at padding
-positions (as in ``nn.MultiheadAttention``).
+Masks follow the course's one convention (notebook 03, :mod:`course_lib.models.attention`), that of
+``F.scaled_dot_product_attention``: True = may attend. A boolean ``attn_mask`` is True where a
+query may attend to a key; ``key_valid`` (B, n_keys) is True at the real keys and False at padding.
+``nn.MultiheadAttention`` means the opposite by both of its masks (True = may NOT attend): call it
+with ``attn_mask=~attn_mask`` and ``key_padding_mask=~key_valid``.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 
-def _combine_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
+def _combine_masks(attn_mask: torch.Tensor | None, key_valid: torch.Tensor | None,
                    B: int, h: int, nq: int, nk: int) -> torch.Tensor | None:
     """Validate the masks and merge them into one boolean (B|1, h|1, nq, nk) 'may attend' mask."""
     mask = None
@@ -62,13 +64,13 @@ def _combine_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tenso
             raise ValueError(f"attn_mask must have shape ({nq}, {nk}), ({B}, {nq}, {nk}) or ({B}, {h}, {nq}, {nk}), "
                              f"got {tuple(attn_mask.shape)}")
         mask = m
-    if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool:
-            raise ValueError(f"key_padding_mask must be a bool tensor (True = padding), got {key_padding_mask.dtype}")
-        if tuple(key_padding_mask.shape) != (B, nk):
-            raise ValueError(f"key_padding_mask must have shape (B, n_keys) = ({B}, {nk}), "
-                             f"got {tuple(key_padding_mask.shape)}")
-        keep = ~key_padding_mask[:, None, None, :]
+    if key_valid is not None:
+        if not isinstance(key_valid, torch.Tensor) or key_valid.dtype != torch.bool:
+            got = key_valid.dtype if isinstance(key_valid, torch.Tensor) else type(key_valid).__name__
+            raise ValueError(f"key_valid must be a bool tensor (True = real key, may be attended), got {got}")
+        if tuple(key_valid.shape) != (B, nk):
+            raise ValueError(f"key_valid must have shape (B, n_keys) = ({B}, {nk}), got {tuple(key_valid.shape)}")
+        keep = key_valid[:, None, None, :]
         mask = keep if mask is None else mask & keep
     return mask
 
@@ -128,9 +130,12 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *, context: torch.Tensor | None = None, causal: bool = False,
-                attn_mask: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None, key_valid: torch.Tensor | None = None,
                 return_weights: bool = False, kv_cache: KVCache | None = None):
         """Y for queries from ``x`` (B, n, d) and keys/values from ``context`` (default: ``x``).
+
+        ``attn_mask`` (n, n_keys), (B, n, n_keys) or (B, h, n, n_keys) and ``key_valid`` (B, n_keys)
+        are bool, True = may attend (the opposite of ``nn.MultiheadAttention``'s masks).
 
         With ``return_weights`` also returns A (B, h, n, n_keys), computed explicitly. With
         ``kv_cache`` (self-attention only) the new keys/values are appended to the cache and the
@@ -159,7 +164,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("kv_cache is for self-attention; cross-attention keys do not grow")
             k, v = kv_cache.append(k, v)
         nk = k.size(2)
-        mask = _combine_masks(attn_mask, key_padding_mask, B, self.n_heads, n, nk)
+        mask = _combine_masks(attn_mask, key_valid, B, self.n_heads, n, nk)
         # A plain causal square map lets SDPA pick its fused (flash / memory-efficient) kernels. One
         # new token after a cache may see every key: no mask at all, which keeps those kernels too.
         fused_causal = causal and mask is None and nk == n and not return_weights
@@ -240,9 +245,9 @@ class Block(nn.Module):
         self.mlp = MLP(d_model, mlp_ratio, dropout, bias, activation)
         self.causal, self.norm_first = causal, norm_first
 
-    def forward(self, x: torch.Tensor, *, attn_mask=None, key_padding_mask=None, return_weights: bool = False,
+    def forward(self, x: torch.Tensor, *, attn_mask=None, key_valid=None, return_weights: bool = False,
                 kv_cache: KVCache | None = None):
-        kw = dict(causal=self.causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+        kw = dict(causal=self.causal, attn_mask=attn_mask, key_valid=key_valid,
                   return_weights=return_weights)
         if kv_cache is not None:
             kw["kv_cache"] = kv_cache
@@ -272,10 +277,10 @@ class TransformerEncoder(nn.Module):
             for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
 
-    def forward(self, x: torch.Tensor, *, attn_mask=None, key_padding_mask=None, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, *, attn_mask=None, key_valid=None, return_weights: bool = False):
         maps = []
         for blk in self.blocks:
-            out = blk(x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, return_weights=return_weights)
+            out = blk(x, attn_mask=attn_mask, key_valid=key_valid, return_weights=return_weights)
             if return_weights:
                 x, w = out
                 maps.append(w)
