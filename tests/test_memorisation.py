@@ -1,6 +1,7 @@
-"""Memorisation probes (notebook 06): seeded (prefix, continuation) windows and the length of a
-model's verbatim greedy continuation. A model that knows a text by heart continues it verbatim,
-an untrained one does not, the count stops at the first mismatch, and bad input is refused."""
+"""Memorisation probes (notebook 06): seeded (prefix, continuation) windows, the length of a
+model's verbatim greedy continuation, and training on one passage until the model recites it. A
+model that knows a text by heart continues it verbatim, an untrained one does not, the count stops
+at the first mismatch, and bad input is refused."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 
 from course_lib.models import lm
 from course_lib.models.gpt import GPT, GPTConfig
-from course_lib.train import OptimConfig, fit
+from course_lib.tuning import memorisation
 
 
 class Successor(nn.Module):
@@ -83,20 +84,16 @@ def test_a_model_that_memorised_a_text_recites_it_and_an_untrained_one_does_not(
     torch.manual_seed(0)
     untrained, model = GPT(cfg), GPT(cfg)
     model.load_state_dict(untrained.state_dict())
-
-    def batch(i):
-        starts = torch.randint(len(text) - 24, (32,), generator=torch.Generator().manual_seed(i))
-        w = text[starts[:, None] + torch.arange(25)]
-        return w[:, :-1], w[:, 1:]
-
-    def loss(m, b):
-        return torch.nn.functional.cross_entropy(m(b[0]).flatten(0, 1), b[1].flatten())
-
-    fit(model, loss, batch, steps=300, optim=OptimConfig(lr=3e-3, warmup=10), progress=False, device="cpu")
     prefixes, truths = lm.probe_windows(text, 40, 12, 12, seed=1)
+    curve = []
+    history = memorisation.repeat_passage(
+        model, text, steps=300, batch_size=32, lr=3e-3, device="cpu", eval_every=100,
+        eval_fn=lambda m, step: curve.append(sum(lm.verbatim_lengths(m, prefixes, truths)) / 40) or {})
+    assert history.steps_done == 300 and history.eval_step == [100, 200, 300]
     recited = lm.verbatim_lengths(model, prefixes, truths)
     guessed = lm.verbatim_lengths(untrained, prefixes, truths)
     assert sum(recited) / len(recited) >= 11, recited
+    assert curve[-1] == sum(recited) / len(recited) and curve[0] < curve[-1]  # it grows with repetition
     assert sum(guessed) / len(guessed) <= 1, guessed
     # a random text the model never saw: no better than the untrained model's guesses
     unseen = torch.randint(16, (120,), generator=g)
@@ -104,6 +101,26 @@ def test_a_model_that_memorised_a_text_recites_it_and_an_untrained_one_does_not(
     fresh = lm.verbatim_lengths(model, p2, t2)
     assert sum(fresh) / len(fresh) <= 1, fresh
     assert model.training  # generation left the model's mode as it found it
+    assert memorisation.times_seen(300, 32, 24, 120) == 300 * 32 * 24 / 120
+
+
+def test_repeat_passage_bad_input():
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    text = torch.randint(16, (40,))
+    with pytest.raises(TypeError, match="config.block_size"):
+        memorisation.repeat_passage(nn.Linear(2, 2), text, steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="need at least 9"):
+        memorisation.repeat_passage(model, text[:8], steps=1, batch_size=2)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 16\)"):
+        memorisation.repeat_passage(model, text + 16, steps=1, batch_size=2)
+    with pytest.raises(TypeError, match="integer token ids"):
+        memorisation.repeat_passage(model, text.float(), steps=1, batch_size=2)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        memorisation.repeat_passage(model, text, steps=0, batch_size=2)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        memorisation.repeat_passage(model, text, steps=1, batch_size=2, lr=0.0)
+    with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
+        memorisation.times_seen(1, 2, 3, 0)
 
 
 def test_verbatim_lengths_bad_input():
