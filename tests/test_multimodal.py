@@ -246,3 +246,21 @@ def test_prefix_sequence_checker():
     for wrong in (text_first, zero_labels, labels_at_end):
         assert not checks.prefix_sequence(wrong)
     assert not checks.prefix_sequence(lambda *a: (_ for _ in ()).throw(NotImplementedError()))
+
+
+def test_teacher_forced_attention_equals_greedy_maps_on_its_own_captions():
+    torch.manual_seed(0)
+    tok = CharTokenizer(shapes.CAPTION_CHARS)
+    model = C.Captioner(tok.vocab_size, d_model=32, enc_layers=1, dec_layers=1, n_heads=2, max_len=12)
+    images = shapes.make_split("test", 6).images
+    caps, maps = C.greedy_captions(model, images, tok, return_weights=True)
+    forced = C.teacher_forced_attention(model, images, caps, tok, batch_size=4)  # two batches, padded
+    assert len(forced) == 6
+    for a, b, c in zip(maps, forced, caps, strict=True):
+        assert b.shape == (len(c), model.encoder.n_patches)
+        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(b.sum(-1), torch.ones(len(c)), atol=1e-5)
+    with pytest.raises(ValueError, match="as many images as captions"):
+        C.teacher_forced_attention(model, images, caps[:2], tok)
+    with pytest.raises(ValueError, match="shorter than max_len=12"):
+        C.teacher_forced_attention(model, images[:1], ["a red circle above"], tok)

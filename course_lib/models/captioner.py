@@ -177,6 +177,32 @@ def greedy_captions(model: Captioner, images: torch.Tensor, tokenizer, max_len: 
     return (caps, weights) if return_weights else caps
 
 
+@torch.no_grad()
+def teacher_forced_attention(model: Captioner, images: torch.Tensor, captions: Sequence[str], tokenizer,
+                             batch_size: int = 500) -> list[torch.Tensor]:
+    """Per image, the last decoder layer's cross-attention (heads averaged) while the decoder reads
+    the given caption (teacher forcing: "\\n" + caption in, as in training): (len(caption), N), row t
+    the attention used to predict ``caption[t]``, as :func:`greedy_captions` returns for its own."""
+    if len(images) != len(captions):
+        raise ValueError(f"expected as many images as captions, received {len(images)} and {len(captions)}")
+    if any(len(c) + 1 > model.max_len for c in captions):
+        raise ValueError(f"captions must be shorter than max_len={model.max_len} characters")
+    model.eval()
+    stop = tokenizer.encode("\n")[0]
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(images), batch_size):
+        caps = captions[s:s + batch_size]
+        T = 1 + max(len(c) for c in caps)
+        tokens = torch.full((len(caps), T), stop, dtype=torch.long)
+        for r, c in enumerate(caps):
+            tokens[r, 1:1 + len(c)] = torch.tensor(tokenizer.encode(c), dtype=torch.long)
+        _, maps = model(images[s:s + batch_size].to(device), tokens.to(device), return_weights=True)
+        maps = maps[:, -1].mean(1).float().cpu()  # causal: the padding after a caption changes none of its rows
+        out.extend(maps[r, :len(c)] for r, c in enumerate(caps))
+    return out
+
+
 def caption_scores(predicted: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
     """Exact match of whole captions and word accuracy (words compared position by position,
     over the reference's words)."""

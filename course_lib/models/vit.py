@@ -2,17 +2,18 @@
 course's transformer encoder: an image becomes a sequence of patches, and the encoder that reads
 words reads them.
 
-Notation (lecture + ViT paper): an image x in R^{C x H x W} is cut into N = (H/P)(W/P) patches of
+Notation (the lecture's: E is the position embedding, as in notebook 03; the ViT paper calls the
+patch projection E, we call it W_P): an image x in R^{C x H x W} is cut into N = (H/P)(W/P) patches of
 P x P pixels; each patch is flattened to x_p^i in R^{C P^2} (channel, then row, then column, the
-order of a ``Conv2d`` weight). The patch embedding is a linear map E in R^{C P^2 x d}; a learned
-class token x_class is prepended and learned position embeddings E_pos in R^{(N+1) x d} are added:
+order of a ``Conv2d`` weight). The patch embedding is a linear map W_P in R^{C P^2 x d}; a learned
+class token x_class is prepended and learned position embeddings E in R^{(N+1) x d} are added:
 
-    z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos                     (ViT eq. 1)
+    z_0 = [x_class; x_p^1 W_P; ...; x_p^N W_P] + E                   (ViT eq. 1)
     z_L = TransformerEncoder(z_0)        (pre-norm blocks + final LayerNorm)
     y   = head(z_L^0)                    (logits from the class token)
 
-Because every patch goes through the same E and patches do not overlap, x_p E is exactly a
-``Conv2d(C, d, kernel_size=P, stride=P)`` whose weight is E reshaped to (d, C, P, P)
+Because every patch goes through the same W_P and patches do not overlap, x_p W_P is exactly a
+``Conv2d(C, d, kernel_size=P, stride=P)`` whose weight is W_P reshaped to (d, C, P, P)
 (:meth:`PatchEmbedding.as_conv`). Looking inside: :func:`cls_attention`, :func:`attention_rollout`
 (Abnar & Zuidema, 2020, "Quantifying Attention Flow in Transformers") and
 :func:`position_similarity`. :class:`SmallCNN` is the baseline of the same size.
@@ -90,7 +91,7 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], ch
 
 def embed_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cls_token: torch.Tensor,
                   pos_embed: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos (ViT eq. 1), with E given as a Linear weight (d, C P^2).
+    """z_0 = [x_class; x_p^1 W_P; ...; x_p^N W_P] + E (ViT eq. 1), with W_P given as a Linear weight (d, C P^2).
 
     ``cls_token`` is (d,) or (1, 1, d); ``pos_embed`` is (N+1, d) or (1, N+1, d). Returns (B, N+1, d).
     """
@@ -113,7 +114,7 @@ def vit_forward(model: ViT, x: torch.Tensor) -> torch.Tensor:
 
 
 class PatchEmbedding(nn.Module):
-    """x -> patchify(x) E + b: one linear map shared by all patches (``proj``: Linear(C P^2, d))."""
+    """x -> patchify(x) W_P + b: one linear map shared by all patches (``proj``: Linear(C P^2, d))."""
 
     def __init__(self, patch_size: int, in_channels: int, d_model: int):
         super().__init__()
@@ -128,7 +129,7 @@ class PatchEmbedding(nn.Module):
         return self.proj(patchify(x, self.patch_size))
 
     def as_conv(self) -> nn.Conv2d:
-        """The same map as a strided convolution: weight E reshaped to (d, C, P, P), stride P."""
+        """The same map as a strided convolution: weight W_P reshaped to (d, C, P, P), stride P."""
         d = self.proj.out_features
         P = self.patch_size
         conv = nn.Conv2d(self.in_channels, d, kernel_size=P, stride=P, device=self.proj.weight.device,

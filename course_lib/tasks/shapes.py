@@ -128,22 +128,35 @@ def sample_scene(g: torch.Generator, split: str = "train", size: int = 32) -> Sc
 
 def render(scene: Scene, size: int = 32, noise: float = 0.05, g: torch.Generator | None = None) -> torch.Tensor:
     """The scene as a (3, size, size) float image in [0, 1]."""
-    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
     img = torch.full((3, size, size), 0.08)
     if noise > 0:
         img = img + noise * torch.rand((3, size, size), generator=g)
     for o in scene.objects:
-        dx, dy = xs - o.cx, ys - o.cy
-        if o.shape == "circle":
-            inside = dx ** 2 + dy ** 2 <= o.r ** 2
-        elif o.shape == "square":
-            inside = (dx.abs() <= 0.85 * o.r) & (dy.abs() <= 0.85 * o.r)
-        else:  # triangle, apex up: half-width grows from 0 at the top to r at the bottom
-            t = (dy + o.r) / (2 * o.r)
-            inside = (t >= 0) & (t <= 1) & (dx.abs() <= t * o.r)
         colour = torch.tensor(COLOURS[o.colour])[:, None, None]
-        img = torch.where(inside[None], colour.expand(3, size, size), img)
+        img = torch.where(object_mask(o, size)[None], colour.expand(3, size, size), img)
     return img.clamp(0, 1)
+
+
+def object_mask(o: Obj, size: int = 32) -> torch.Tensor:
+    """(size, size) bool: the pixels (tested at their centres) that :func:`render` paints for ``o``."""
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    dx, dy = xs - o.cx, ys - o.cy
+    if o.shape == "circle":
+        return dx ** 2 + dy ** 2 <= o.r ** 2
+    if o.shape == "square":
+        return (dx.abs() <= 0.85 * o.r) & (dy.abs() <= 0.85 * o.r)
+    t = (dy + o.r) / (2 * o.r)  # triangle, apex up: half-width grows from 0 at the top to r at the bottom
+    return (t >= 0) & (t <= 1) & (dx.abs() <= t * o.r)
+
+
+def object_patches(scene: Scene, patch_size: int, size: int = 32) -> torch.Tensor:
+    """(n_objects, N) bool: which of the N = (size/patch_size)^2 patches (row-major, as ``patchify``
+    orders them) each object covers, i.e. contains at least one of its pixels."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size <= 0 or size % patch_size:
+        raise ValueError(f"patch_size must be a positive int dividing the image size {size}, received {patch_size!r}")
+    g = size // patch_size
+    masks = torch.stack([object_mask(o, size) for o in scene.objects])              # (n, size, size)
+    return masks.reshape(len(masks), g, patch_size, g, patch_size).any(dim=4).any(dim=2).reshape(len(masks), g * g)
 
 
 _SPLIT_SEED = {"train": 0, "test": 1_000_003, "combo": 2_000_029}
@@ -256,3 +269,66 @@ def vqa_accuracy(model, data, qa: Sequence[tuple[int, str, str, str]], tokenizer
         hits.setdefault(kind, []).append(got == a)
         hits.setdefault("all", []).append(got == a)
     return {k: sum(v) / len(v) for k, v in hits.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a captioner looks: attention mass on the object a word names
+# ---------------------------------------------------------------------------------------------
+
+WORD_KINDS = ("colour", "shape", "other")
+
+
+def word_roles(caption: str) -> list[tuple[str, int | None]]:
+    """For each word of ``caption.split(" ")``: its kind (``"colour"``, ``"shape"`` or ``"other"``)
+    and, for colour and shape words, the object slot it describes (0 before the relation words
+    ``above`` / ``left of``, 1 after them). Works on any caption, also a wrongly generated one."""
+    words = caption.split(" ")
+    cut = next((k for k, w in enumerate(words) if w in ("above", "left")), len(words))
+    out: list[tuple[str, int | None]] = []
+    for k, w in enumerate(words):
+        kind = "colour" if w in COLOURS else "shape" if w in SHAPES else "other"
+        out.append((kind, None if kind == "other" else int(k > cut)))
+    return out
+
+
+def attention_on_objects(maps: Sequence[torch.Tensor], captions: Sequence[str], data: ShapesData,
+                         patch_size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Share of each word's attention that falls on the object it names, against the uniform share.
+
+    ``maps[i]`` is (len(captions[i]), N): row t the attention (a distribution over the N patches)
+    used to write ``captions[i][t]``, as ``course_lib.models.captioner.greedy_captions`` returns it.
+    A word's attention is the mean of its characters' rows. For a colour or shape word in slot k
+    (:func:`word_roles`) the region is the patches scene object k covers (:func:`object_patches`);
+    for other words it is the patches any object covers. Per kind the result holds tensors over
+    the words: ``share`` (attention mass on the region), ``uniform`` (region patches / N, the share
+    of attention spread evenly), ``other_object`` (mass on the other object's patches in two-object
+    scenes, NaN otherwise and for other words) and ``correct`` (the word is the object's colour or
+    shape; True for other words). Colour/shape words in a slot the scene has no object for (a
+    second object written for a one-object scene) are left out."""
+    if not len(maps) == len(captions) == len(data):
+        raise ValueError(f"expected as many attention maps as captions as scenes, received {len(maps)}, "
+                         f"{len(captions)} and {len(data)}")
+    rows: dict[str, list[tuple[float, float, float, bool]]] = {k: [] for k in WORD_KINDS}
+    size = data.images.shape[-1]
+    for i, (A, cap, scene) in enumerate(zip(maps, captions, data.scenes, strict=True)):
+        region = object_patches(scene, patch_size, size)
+        if A.dim() != 2 or A.shape != (len(cap), region.size(1)):
+            raise ValueError(f"maps[{i}]: expected shape (len(caption)={len(cap)}, N={region.size(1)}), "
+                             f"received {tuple(A.shape)}")
+        if len(cap) and (not torch.isfinite(A).all() or (A < 0).any() or (A.sum(1) - 1).abs().max() > 1e-3):
+            raise ValueError(f"maps[{i}]: each row must be a distribution over the patches (>= 0, sums to 1)")
+        start = 0
+        for w, (kind, slot) in zip(cap.split(" "), word_roles(cap), strict=True):
+            a, start = A[start:start + len(w)].float().mean(0), start + len(w) + 1
+            if not w or (slot is not None and slot >= len(scene.objects)):
+                continue
+            named = region.any(0) if slot is None else region[slot]
+            other = float("nan") if slot is None or len(scene.objects) < 2 else float(a[region[1 - slot]].sum())
+            correct = slot is None or w == getattr(scene.objects[slot], kind)
+            rows[kind].append((float(a[named].sum()), float(named.float().mean()), other, bool(correct)))
+    out = {}
+    for kind, r in rows.items():
+        cols = list(zip(*r)) if r else [(), (), (), ()]
+        out[kind] = {"share": torch.tensor(cols[0], dtype=torch.float64), "uniform": torch.tensor(cols[1], dtype=torch.float64),
+                     "other_object": torch.tensor(cols[2], dtype=torch.float64), "correct": torch.tensor(cols[3], dtype=torch.bool)}
+    return out

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from .. import data as _data
 
-__all__ = ["ImageSplit", "load_digits", "load_cifar10", "load_images", "batches", "augment", "accuracy",
+__all__ = ["ImageSplit", "load_digits", "load_cifar10", "load_images", "with_validation", "batches", "augment",
+           "accuracy",
            "CIFAR10_FILE", "CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_CLASSES"]
 
 CIFAR10_FILE = "cifar-10-python.tar.gz"
@@ -42,7 +43,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 @dataclass
 class ImageSplit:
     """A train/test split held as tensors: images (N, C, H, W) in [0, 1] (float, or uint8 in 0..255),
-    labels (N,) int64, and the per-channel statistics used for normalisation."""
+    labels (N,) int64, and the per-channel statistics used for normalisation. ``x_val``/``y_val``
+    hold a validation part carved from the training images by :func:`with_validation` (None until then)."""
 
     name: str
     x_train: torch.Tensor
@@ -52,6 +54,8 @@ class ImageSplit:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,18 +72,33 @@ class ImageSplit:
         tf = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))])
         return tf(x)
 
-    def test_batches(self, batch_size: int = 1000):
-        """Normalised test images and labels in order, batch by batch."""
-        for i in range(0, len(self.y_test), batch_size):
-            yield self.normalize(self.x_test[i:i + batch_size]), self.y_test[i:i + batch_size]
+    def part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of ``"train"``, ``"val"`` or ``"test"``."""
+        parts = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
+                 "test": (self.x_test, self.y_test)}
+        if name not in parts:
+            raise ValueError(f"part must be one of {', '.join(parts)}, received {name!r}")
+        if parts[name][0] is None:
+            raise ValueError(f"{self.name} has no validation part; carve one with vision.with_validation(split, n_val)")
+        return parts[name]
+
+    def test_batches(self, batch_size: int = 1000, part: str = "test"):
+        """Normalised images and labels of ``part`` (default the test part) in order, batch by batch."""
+        x, y = self.part(part)
+        for i in range(0, len(y), batch_size):
+            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
 
     def to(self, device: torch.device | str) -> ImageSplit:
         """The same split with its tensors on ``device`` (e.g. the GPU, so batches never cross PCIe)."""
+        def move(t):
+            return None if t is None else t.to(device)
+
         return ImageSplit(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                          self.y_test.to(device), self.classes, self.mean, self.std)
+                          self.y_test.to(device), self.classes, self.mean, self.std, move(self.x_val), move(self.y_val))
 
     def __repr__(self) -> str:
-        return (f"ImageSplit({self.name!r}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, "
+        val = "" if self.x_val is None else f", val {tuple(self.x_val.shape)}"
+        return (f"ImageSplit({self.name!r}: train {tuple(self.x_train.shape)}{val}, test {tuple(self.x_test.shape)}, "
                 f"{self.n_classes} classes)")
 
 
@@ -107,6 +126,30 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ImageSplit:
     mean, std = _channel_stats(x[tr])
     return ImageSplit("digits", x[tr].contiguous(), y[tr], x[te].contiguous(), y[te],
                       tuple(str(c) for c in range(10)), mean, std)
+
+
+def with_validation(split: ImageSplit, n_val: int, seed: int = 0) -> ImageSplit:
+    """The split with ``n_val`` of its training images moved to a validation part (stratified by
+    class, deterministic given ``seed``); the test part is untouched and the normalisation statistics
+    are recomputed from the training images that remain. Choices are made on the validation part,
+    so the test part is looked at once, at the end."""
+    if split.x_val is not None:
+        raise ValueError(f"{split.name} already has a validation part of {len(split.y_val)} images")
+    if isinstance(n_val, bool) or not isinstance(n_val, int):
+        raise TypeError(f"n_val must be an int, received {type(n_val).__name__}")
+    n = len(split.y_train)
+    if not split.n_classes <= n_val <= n - split.n_classes:
+        raise ValueError(f"n_val must be in {split.n_classes}..{n - split.n_classes} (one image per class on each "
+                         f"side of {n} training images), received {n_val}")
+    from sklearn.model_selection import train_test_split
+
+    labels = split.y_train.cpu().numpy()
+    tr, va = train_test_split(torch.arange(n).numpy(), test_size=n_val, random_state=seed, stratify=labels)
+    tr, va = torch.from_numpy(tr).to(split.y_train.device), torch.from_numpy(va).to(split.y_train.device)
+    x_tr = split.x_train[tr].contiguous()
+    mean, std = _channel_stats(x_tr)
+    return ImageSplit(split.name, x_tr, split.y_train[tr], split.x_test, split.y_test, split.classes, mean, std,
+                      split.x_train[va].contiguous(), split.y_train[va])
 
 
 def _cifar_missing_message(root: Path, problem: str) -> str:
@@ -232,13 +275,14 @@ def batches(split: ImageSplit, batch_size: int, *, seed: int = 0, shift: int = 0
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, split: ImageSplit, batch_size: int = 1000,
-             device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy on the test part."""
+             device: torch.device | str | None = None, part: str = "test") -> float:
+    """Top-1 accuracy on ``part`` (``"test"``, ``"val"`` or ``"train"``)."""
+    _, labels = split.part(part)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = 0
-    for x, y in split.test_batches(batch_size):
+    for x, y in split.test_batches(batch_size, part=part):
         correct += (model(x.to(dev)).argmax(-1) == y.to(dev)).sum().item()
     model.train(was_training)
-    return correct / len(split.y_test)
+    return correct / len(labels)
