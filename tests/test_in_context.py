@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from course_lib.models.gpt import GPT, GPTConfig
+from course_lib.models.lm import continuations
 from course_lib.tasks import instructions
 from course_lib.tokenizers import CharTokenizer
 from course_lib.tuning import sft
@@ -66,7 +67,7 @@ def model():
     return GPT(GPTConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=1, n_head=2, n_embd=16))
 
 
-def _oracle(prompts, **_):
+def _oracle(prompts):
     """Infers the task from the first example (nothing to infer from at k = 0) and answers it."""
     out = []
     for p in prompts:
@@ -82,11 +83,13 @@ def _oracle(prompts, **_):
 
 def test_the_grid_scores_each_task_k_and_seed(monkeypatch, model):
     tok = CharTokenizer(ALPHABET)
-    monkeypatch.setattr(sft, "respond", lambda m, t, prompts, **kw: _oracle(prompts))
+    monkeypatch.setattr(sft, "greedy_writes", lambda m, t, exs: [a == e.answer for e, a in
+                                                                 zip(exs, _oracle([e.prompt for e in exs]), strict=True)])
     scores = sft.in_context_scores(model, tok, ["copy", "first", "shout"], WORDS[:4], WORDS[4:], [0, 1, 2], [0, 1])
     assert scores == {t: {0: [0.0, 0.0], 1: [1.0, 1.0], 2: [1.0, 1.0]} for t in ("copy", "first", "shout")}
     # a model that always copies the query: right on copy at every k, never on the other two tasks
-    monkeypatch.setattr(sft, "respond", lambda m, t, prompts, **kw: [p.split("\n")[-1][: -len(SEP)] for p in prompts])
+    monkeypatch.setattr(sft, "greedy_writes", lambda m, t, exs: [e.prompt.split("\n")[-1][: -len(SEP)] == e.answer
+                                                                 for e in exs])
     scores = sft.in_context_scores(model, tok, ["copy", "shout"], WORDS[:4], WORDS[4:], [0, 2], [3])
     assert scores == {"copy": {0: [1.0], 2: [1.0]}, "shout": {0: [0.0], 2: [0.0]}}
 
@@ -96,7 +99,7 @@ def test_the_grid_runs_a_real_model_and_refuses_what_does_not_fit(model):
     scores = sft.in_context_scores(model, tok, ["first"], WORDS[:3], WORDS[3:], [0, 1], [0])
     assert set(scores) == {"first"} and all(0.0 <= s <= 1.0 for v in scores["first"].values() for s in v)
     long = ["abcdefghijkl", "mnopqrstuvwx", "abcdefghijkm", "abcdefghijkn", "abcdefghijko", "abcdefghijkp"]
-    with pytest.raises(ValueError, match="more than block_size=64"):
+    with pytest.raises(ValueError, match="fit block_size=64 together, got 117 \+ 13 tokens"):
         sft.in_context_scores(model, tok, ["copy"], long[:1], long[1:], [4], [0])
     for bad in ("copy", ["reverse"], []):
         with pytest.raises(ValueError, match="tasks must be"):
@@ -105,3 +108,25 @@ def test_the_grid_runs_a_real_model_and_refuses_what_does_not_fit(model):
         sft.in_context_scores(model, tok, ["copy"], WORDS[:2], WORDS[2:], 1, [0])
     with pytest.raises(ValueError, match="seeds must be"):
         sft.in_context_scores(model, tok, ["copy"], WORDS[:2], WORDS[2:], [1], [True])
+
+
+def test_greedy_writes_agrees_with_generating_token_by_token(model):
+    """A response is what greedy decoding writes first exactly when the teacher-forced argmax says so."""
+    tok = CharTokenizer(ALPHABET)
+    prompts = ["rose:", "night:ni", "a", "king:KING\nsun:"]
+    gen = continuations(model, tok, prompts, 6)  # greedy, token by token, with the KV cache
+    own = [instructions.Example("copy", "x", p, g[:4]) for p, g in zip(prompts, gen, strict=True)]
+    assert sft.greedy_writes(model, tok, own) == [True] * 4
+    assert sft.greedy_writes(model, tok, own, batch_size=3) == [True] * 4  # batches of unequal lengths
+    other = [ALPHABET[(ALPHABET.index(g[3]) + 1) % len(ALPHABET)] for g in gen]  # the 4th token changed
+    wrong = [instructions.Example("copy", "x", p, g[:3] + o) for p, g, o in zip(prompts, gen, other, strict=True)]
+    assert sft.greedy_writes(model, tok, wrong) == [False] * 4
+    assert sft.greedy_writes(model, tok, [own[0], wrong[1]]) == [True, False]
+    assert sft.exact_match(model, tok, [instructions.Example("copy", "x", p, g[:2] + "\n")
+                                        for p, g in zip(prompts, gen, strict=True)])["all"] == \
+        sum(sft.greedy_writes(model, tok, [instructions.Example("copy", "x", p, g[:2] + "\n")
+                                           for p, g in zip(prompts, gen, strict=True)])) / 4
+    with pytest.raises(ValueError, match="fit block_size=64"):
+        sft.greedy_writes(model, tok, [instructions.Example("copy", "x", "a" * 60, "b" * 5)])
+    with pytest.raises(ValueError, match="at least one example"):
+        sft.greedy_writes(model, tok, [])

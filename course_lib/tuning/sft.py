@@ -60,28 +60,53 @@ def exact_match(model, tokenizer, examples: Sequence[Example]) -> dict[str, floa
     return scores
 
 
+def greedy_writes(model, tokenizer, examples: Sequence[Example], batch_size: int = 256) -> list[bool]:
+    """Whether greedy decoding of each example's prompt writes exactly its response (the answer and
+    the stop token) first. Greedy writes it if and only if, fed prompt + response, the model's
+    likeliest next token is the response's own at every response position, so one teacher-forced
+    forward pass of right-padded sequences answers it for a whole batch, with no token-by-token
+    generation (the same verdict as :func:`exact_match`, up to floating-point ties)."""
+    if not examples:
+        raise ValueError("need at least one example")
+    block = model.config.block_size
+    seqs = [(tokenizer.encode(e.prompt), tokenizer.encode(e.response)) for e in examples]
+    for e, (p, r) in zip(examples, seqs, strict=True):
+        if not p or not r or len(p) + len(r) > block:
+            raise ValueError(f"prompt and response must be non-empty and fit block_size={block} together, got "
+                             f"{len(p)} + {len(r)} tokens ({e.text!r}); use fewer examples (k) or shorter words")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[bool] = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(seqs), batch_size):
+                chunk = seqs[i: i + batch_size]
+                ids = torch.zeros((len(chunk), max(len(p) + len(r) for p, r in chunk)), dtype=torch.long)
+                for j, (p, r) in enumerate(chunk):
+                    ids[j, : len(p) + len(r)] = torch.tensor(p + r)
+                pred = model(ids.to(device)).argmax(-1).cpu()  # pred[:, t] is the likeliest token t + 1
+                out += [bool((pred[j, len(p) - 1: len(p) + len(r) - 1] == torch.tensor(r)).all())
+                        for j, (p, r) in enumerate(chunk)]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def in_context_scores(model, tokenizer, tasks: Sequence[str], query_words: Sequence[str],
                       demo_words: Sequence[str], ks: Sequence[int], seeds: Sequence[int]
                       ) -> dict[str, dict[int, list[float]]]:
-    """Exact match of greedy answers to k-shot prompts (:func:`course_lib.tasks.instructions.few_shot_set`):
-    ``{task: {k: [score for each seed]}}``, a seed drawing other example words. Every prompt with its
-    answer must fit the model's context: a cut-off answer would count as wrong without a word."""
+    """Exact match of greedy answers to k-shot prompts (:func:`course_lib.tasks.instructions.few_shot_set`),
+    scored by :func:`greedy_writes`: ``{task: {k: [score for each seed]}}``, a seed drawing other
+    example words. Every prompt with its answer must fit the model's context (else ValueError)."""
     if isinstance(tasks, str) or not tasks or any(t not in FEW_SHOT_TASKS for t in tasks):
         raise ValueError(f"tasks must be a non-empty list of {list(FEW_SHOT_TASKS)}, got {tasks!r}")
     for what, xs in (("ks", ks), ("seeds", seeds)):
         if isinstance(xs, (str, int)) or not xs or any(isinstance(x, bool) or not isinstance(x, int) for x in xs):
             raise ValueError(f"{what} must be a non-empty list of integers, got {xs!r}")
-    block = model.config.block_size
     grid = {(t, k, s): few_shot_set(t, query_words, demo_words, k, seed=s) for t in tasks for k in ks for s in seeds}
-    for exs in grid.values():
-        for e in exs:
-            if (n := len(tokenizer.encode(e.text))) > block:
-                raise ValueError(f"a {e.task} prompt with its answer has {n} tokens, more than block_size={block}: "
-                                 f"use fewer examples (k) or shorter words ({e.text!r})")
-    flat = [e for exs in grid.values() for e in exs]
-    longest = max(len(tokenizer.encode(e.response)) for e in flat)  # the stop included: an answer must end
-    answers = iter(respond(model, tokenizer, [e.prompt for e in flat], max_new_tokens=longest))
+    hits = iter(greedy_writes(model, tokenizer, [e for exs in grid.values() for e in exs]))
     out: dict[str, dict[int, list[float]]] = {t: {k: [] for k in ks} for t in tasks}
     for (t, k, _), exs in grid.items():
-        out[t][k].append(sum(next(answers) == e.answer for e in exs) / len(exs))
+        out[t][k].append(sum(next(hits) for _ in exs) / len(exs))
     return out
