@@ -16,13 +16,14 @@ def _fake_split(n_train=200, n_test=50):
 
 def test_with_validation_is_disjoint_stratified_deterministic_and_keeps_test():
     s = _fake_split()
-    a, b, c = vision.with_validation(s, 40, seed=3), vision.with_validation(s, 40, seed=3), vision.with_validation(s, 40, seed=4)
+    a, b = vision.with_validation(s, 40, seed=3), vision.with_validation(s, 40, seed=3)
+    c = vision.with_validation(s, 40, seed=4)
     assert len(a.y_val) == 40 and len(a.y_train) == 160
     assert torch.equal(a.x_val, b.x_val) and not torch.equal(a.x_val, c.x_val)
     assert torch.equal(a.x_test, s.x_test) and torch.equal(a.y_test, s.y_test)
     assert torch.bincount(a.y_val, minlength=10).tolist() == [4] * 10      # stratified
     together = torch.cat([a.x_train, a.x_val]).flatten(1)
-    assert torch.equal(together.sort(0).values, s.x_train.flatten(1).sort(0).values)  # a partition of the training images
+    assert torch.equal(together.sort(0).values, s.x_train.flatten(1).sort(0).values)  # a partition of the training part
     assert a.mean[0] == pytest.approx(float(a.x_train.mean()), abs=1e-6)   # statistics from the remaining training part
     assert "val (40, 1, 8, 8)" in repr(a)
     assert a.to("cpu").x_val is not None
@@ -92,7 +93,7 @@ def test_attention_on_objects_uniform_and_focused_attention():
     for c, s in zip(caps, data.scenes, strict=True):
         cover = shapes.object_patches(s, 8).float()
         A, start = torch.zeros(len(c), 16), 0
-        for w, (kind, slot) in zip(c.split(" "), shapes.word_roles(c), strict=True):
+        for w, (_kind, slot) in zip(c.split(" "), shapes.word_roles(c), strict=True):
             region = cover.amax(0) if slot is None else cover[slot]
             A[start:start + len(w)] = region / region.sum()
             start += len(w) + 1

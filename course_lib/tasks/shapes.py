@@ -328,7 +328,9 @@ def attention_on_objects(maps: Sequence[torch.Tensor], captions: Sequence[str], 
             rows[kind].append((float(a[named].sum()), float(named.float().mean()), other, bool(correct)))
     out = {}
     for kind, r in rows.items():
-        cols = list(zip(*r)) if r else [(), (), (), ()]
-        out[kind] = {"share": torch.tensor(cols[0], dtype=torch.float64), "uniform": torch.tensor(cols[1], dtype=torch.float64),
-                     "other_object": torch.tensor(cols[2], dtype=torch.float64), "correct": torch.tensor(cols[3], dtype=torch.bool)}
+        cols = list(zip(*r, strict=True)) if r else [(), (), (), ()]
+        f64 = torch.float64
+        out[kind] = {"share": torch.tensor(cols[0], dtype=f64), "uniform": torch.tensor(cols[1], dtype=f64),
+                     "other_object": torch.tensor(cols[2], dtype=f64),
+                     "correct": torch.tensor(cols[3], dtype=torch.bool)}
     return out
