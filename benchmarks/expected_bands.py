@@ -73,9 +73,12 @@ def spread_files(directory: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
-    main = [f for f in files if not f.get("tag")]
+    # the seeds of the solution notebook: the untagged file, else (a cpu run at another thread count) a
+    # tagged one of the solution; never the student version's
+    main = ([f for f in files if not f.get("tag")]
+            or [f for f in files if not str(f.get("source", "")).startswith("notebooks/")])
     if not main:
-        raise ValueError(f"{notebook} {profile}: no untagged spread file (the seeds of the solution notebook)")
+        raise ValueError(f"{notebook} {profile}: no spread file of the solution notebook")
     runs = [r for r in main[0]["runs"] if r["ok"] and not r.get("overrides")]
     if not runs:
         raise ValueError(f"{notebook} {profile}: no successful run in {main[0]['_file']}")

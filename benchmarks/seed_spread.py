@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
     p.add_argument("--seeds", type=int, default=3, help="how many seeds, from the notebook's default one")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the kernels")
+    p.add_argument("--append", action="store_true",
+                   help="add the runs to an existing output file (same seed: the new run replaces the old)")
+    p.add_argument("--start", type=int, default=None, help="first seed (default: the notebook's SEED)")
     p.add_argument("--tag", default="", help="suffix of the output file, e.g. student-t1")
     p.add_argument("--out", type=Path, default=SPREAD_DIR)
     p.add_argument("--fresh-artifacts", action="store_true",
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{path.stem}__{args.profile}" + (f"__{args.tag}" if args.tag else "")
     work = args.out / name
     work.mkdir(parents=True, exist_ok=True)
-    first = default_seed(path)
+    first = default_seed(path) if args.start is None else args.start
     if args.fresh_artifacts:
         import tempfile
 
@@ -115,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
            "fresh_artifacts": args.fresh_artifacts,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
     target = args.out / f"{name}.json"
+    if args.append and target.exists():
+        new = {r["seed"] for r in runs}
+        runs = sorted([r for r in json.loads(target.read_text())["runs"] if r["seed"] not in new] + runs,
+                      key=lambda r: r["seed"])
+        out["runs"] = runs
     target.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {target}")
     return 0 if all(r["ok"] for r in runs) else 1
