@@ -14,7 +14,9 @@ For each notebook and profile (``<stem>__<profile>[__<tag>].json``, from ``seed_
   value, exactly for an integer, boolean or string, within 0.001 x max(1, |value|) for a float
   (the last bits another CPU may round differently, far below what a changed exercise or recipe
   moves). ``make test`` holds the notebooks to these;
-- ``seconds`` is the fastest whole-notebook run (the headers' times are checked against it).
+- ``seconds`` is the fastest whole-notebook run (the headers' times are checked against it), or,
+  with ``--times OUT/notebook_times.json``, the time ``run_notebooks.py`` (``make course``)
+  measured for the notebook at the machine's own thread count, which is what a learner runs.
 
 Entries of notebooks with no spread file are kept as they are, so the file can be rebuilt one
 notebook at a time. The seeds' values, dates and load averages are written beside each band.
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", type=Path, default=SPREAD)
     p.add_argument("--target", type=Path, default=TARGET)
     p.add_argument("--only", nargs="*", default=None)
+    p.add_argument("--times", type=Path, default=None, help="notebook_times.json of a run_notebooks.py run")
     args = p.parse_args(argv)
     data = json.loads(args.target.read_text()) if args.target.exists() else {}
     data.setdefault("about", "Expected headline metrics per notebook and profile, from runs at several seeds; "
@@ -124,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         data["notebooks"].setdefault(nb, {})[prof] = entry_for(nb, prof, files)
         print(f"{nb} / {prof}: {len(data['notebooks'][nb][prof]['metrics'])} bands")
+    if args.times:
+        for key, t in json.loads(args.times.read_text()).items():
+            entry = data["notebooks"].get(t["notebook"], {}).get(t["profile"])
+            if entry is not None and t.get("ok"):
+                entry.update(seconds=t["seconds"], seconds_load=t.get("load_before"),
+                             seconds_measured=f"run_notebooks.py, {t['hardware']}, {t['date']}")
     data["notebooks"] = dict(sorted(data["notebooks"].items()))
     args.target.write_text(json.dumps(data, indent=1) + "\n")
     from course_lib import expected

@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}})
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other jobs inflate the seconds
         t0 = time.perf_counter()
         error = None
         try:
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "html" / path.with_suffix(".html").name).write_text(offline_html(nb), encoding="utf-8")
         entry = {"notebook": path.stem, "profile": profile.name(), "seconds": round(seconds, 1),
                  "hardware": results.hardware(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                 "ok": error is None}
+                 "ok": error is None, "load_before": None if load is None else round(load, 2)}
         if error:
             entry["error"] = error
         times[f"{path.stem}__{profile.name()}"] = entry
