@@ -78,7 +78,8 @@ def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
     # the seeds of the solution notebook: the untagged file, else (a cpu run at another thread count) a
     # tagged one of the solution; never the student version's
     main = ([f for f in files if not f.get("tag")]
-            or [f for f in files if not str(f.get("source", "")).startswith("notebooks/")])
+            or sorted((f for f in files if not str(f.get("source", "")).startswith("notebooks/")),
+                      key=lambda f: -len(f["runs"])))  # the one with the most seeds
     if not main:
         raise ValueError(f"{notebook} {profile}: no spread file of the solution notebook")
     runs = [r for r in main[0]["runs"] if r["ok"] and not r.get("overrides")]
