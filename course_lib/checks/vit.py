@@ -39,7 +39,7 @@ def patchify(student_patchify) -> str:
     return "patches in row-major order, each flattened as (C, P, P)"
 
 
-@checker("patch_embedding", hint="z_0 = [x_class; patchify(x) E^T + b] + E_pos: project the patches, put the class "
+@checker("patch_embedding", hint="z_0 = [x_class; patchify(x) W_P^T + b] + E: project the patches, put the class "
                                  "token first, then add the position embeddings to all N+1 tokens.")
 def patch_embedding(student_embed) -> str:
     """``embed(x, weight, bias, cls_token, pos_embed, patch_size)`` -> z_0 (B, N+1, d) (ViT eq. 1)."""
@@ -60,7 +60,7 @@ def patch_embedding(student_embed) -> str:
         expect_close(out[:, 0], want[:, 0], "token 0 (class token + E_pos[0])",
                      hint="the class token goes first, and it gets a position embedding too")
         expect_close(out[:, 1:] - pos[:, 1:], want[:, 1:] - pos[:, 1:], "the patch tokens without positions",
-                     hint="each patch is projected with E (weight) and bias, in patchify's order")
+                     hint="each patch is projected with W_P (weight) and bias, in patchify's order")
         expect_close(out, want, "z_0", hint="add E_pos to every token, the class token included")
         expect_grads(out, leaves, lambda *t, P=P: vit.embed_patches(*t, P), what,
                      hint="the weight, bias, class token and positions are trained through z_0")
