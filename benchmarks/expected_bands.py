@@ -14,6 +14,9 @@ For each notebook and profile (``<stem>__<profile>[__<tag>].json``, from ``seed_
   value, exactly for an integer, boolean or string, within 0.001 x max(1, |value|) for a float
   (the last bits another CPU may round differently, far below what a changed exercise or recipe
   moves). ``make test`` holds the notebooks to these;
+- ``--extra DIR`` adds the records of another run (``make course``'s ``build/course-results``, at the
+  machine's own thread count) as one more run of each notebook's default seed: where a notebook
+  reseeds its models itself, the seeds agree and the thread count is the variation a learner meets;
 - ``seconds`` is the fastest whole-notebook run (the headers' times are checked against it), or,
   with ``--times OUT/notebook_times.json``, the time ``run_notebooks.py`` (``make course``)
   measured for the notebook at the machine's own thread count, which is what a learner runs.
@@ -74,14 +77,19 @@ def spread_files(directory: Path) -> dict[tuple[str, str], list[dict]]:
     return groups
 
 
-def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
-    # the seeds of the solution notebook: the untagged file, else (a cpu run at another thread count) a
-    # tagged one of the solution; never the student version's
-    main = ([f for f in files if not f.get("tag")]
-            or sorted((f for f in files if not str(f.get("source", "")).startswith("notebooks/")),
-                      key=lambda f: -len(f["runs"])))  # the one with the most seeds
-    if not main:
+def main_file(notebook: str, profile: str, files: list[dict]) -> dict:
+    """The seeds of the solution notebook: the untagged file, else (a run at another thread count)
+    the tagged solution file with the most seeds; never the student version's."""
+    untagged = [f for f in files if not f.get("tag")]
+    solution = sorted((f for f in files if not str(f.get("source", "")).startswith("notebooks/")),
+                      key=lambda f: -len(f["runs"]))
+    if not (untagged or solution):
         raise ValueError(f"{notebook} {profile}: no spread file of the solution notebook")
+    return (untagged or solution)[0]
+
+
+def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
+    main = [main_file(notebook, profile, files)]
     runs = [r for r in main[0]["runs"] if r["ok"] and not r.get("overrides")]
     if not runs:
         raise ValueError(f"{notebook} {profile}: no successful run in {main[0]['_file']}")
@@ -117,13 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", type=Path, default=SPREAD)
     p.add_argument("--target", type=Path, default=TARGET)
     p.add_argument("--only", nargs="*", default=None)
+    p.add_argument("--extra", type=Path, action="append", default=[],
+                   help="a folder of results.record files from another run (e.g. make course)")
     p.add_argument("--times", type=Path, default=None, help="notebook_times.json of a run_notebooks.py run")
     args = p.parse_args(argv)
     data = json.loads(args.target.read_text()) if args.target.exists() else {}
     data.setdefault("about", "Expected headline metrics per notebook and profile, from runs at several seeds; "
                              "written by benchmarks/expected_bands.py, read by course_lib.expected.")
     data.setdefault("notebooks", {})
-    for (nb, prof), files in spread_files(args.spread).items():
+    groups = spread_files(args.spread)
+    for folder in args.extra:
+        for rec_path in sorted(folder.glob("*.json")):
+            rec = json.loads(rec_path.read_text())
+            files = groups.get((rec["notebook"], rec["profile"]))
+            if not files or rec.get("overrides"):
+                continue
+            main = main_file(rec["notebook"], rec["profile"], files)
+            seed = main["runs"][0]["seed"]
+            main["runs"].append({"seed": f"{seed} ({rec['hardware'].split(', ')[-1]}, {folder.parent.name})",
+                                      "ok": True, "seconds": float("inf"), "metrics": rec["metrics"],
+                                      "hardware": rec["hardware"]})
+    for (nb, prof), files in groups.items():
         if args.only and nb not in args.only:
             continue
         data["notebooks"].setdefault(nb, {})[prof] = entry_for(nb, prof, files)
