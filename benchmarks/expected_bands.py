@@ -95,7 +95,8 @@ def entry_for(notebook: str, profile: str, files: list[dict]) -> dict:
         raise ValueError(f"{notebook} {profile}: no successful run in {main[0]['_file']}")
     names = [m for m in runs[0]["metrics"] if all(m in r["metrics"] for r in runs)]
     default_seed = main[0]["runs"][0]["seed"]
-    at_default = [r for f in files for r in f["runs"] if r["ok"] and r["seed"] == default_seed]
+    at_default = [r for f in files for r in f["runs"]
+                  if r["ok"] and (r["seed"] == default_seed or r.get("at_default_seed"))]
     fastest = min(runs, key=lambda r: r["seconds"])
     metrics = {}
     for m in headline(notebook, names):
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             main = main_file(rec["notebook"], rec["profile"], files)
             seed = main["runs"][0]["seed"]
             main["runs"].append({"seed": f"{seed} ({rec['hardware'].split(', ')[-1]}, {folder.parent.name})",
-                                      "ok": True, "seconds": float("inf"), "metrics": rec["metrics"],
+                                      "ok": True, "seconds": float("inf"), "metrics": rec["metrics"], "at_default_seed": True,
                                       "hardware": rec["hardware"]})
     for (nb, prof), files in groups.items():
         if args.only and nb not in args.only:

@@ -157,6 +157,16 @@ def test_bands_come_from_the_seed_spread(tmp_path):
     bands.main(["--spread", str(spread), "--target", str(target)])
     loss = expected.load(target)["notebooks"]["06_demo"]["smoke"]["metrics"]["loss"]
     assert loss["deterministic"] and loss["value"] == 2.0 and loss["tol"] == pytest.approx(0.002)
+    # a make course run at another thread count widens the band it falls outside of, as one more run
+    course = tmp_path / "course" / "course-results"
+    course.mkdir(parents=True)
+    course.joinpath("06_demo__smoke.json").write_text(json.dumps({
+        "notebook": "06_demo", "profile": "smoke", "hardware": "x86_64, torch 2.14.1, 2 threads", "date": "d",
+        "metrics": {"loss": 2.6, "params": 100, "ok": True}}))
+    bands.main(["--spread", str(spread), "--target", str(target), "--extra", str(course)])
+    loss = expected.load(target)["notebooks"]["06_demo"]["smoke"]["metrics"]["loss"]
+    assert loss["value"] == pytest.approx((2.0 + 2.1 + 2.2 + 2.6) / 4) and loss["tol"] == pytest.approx(0.9)
+    assert "5 (2 threads, course)" in loss["seeds"] and "deterministic" not in loss
 
 
 # ---- the real file: every notebook, every profile a learner runs on this kind of machine ----
