@@ -10,5 +10,7 @@ the reward model.
 * shared by steps 2 and 3 and DPO: :mod:`.sequences` (prompt + response token grids, response
   masks, log-probabilities, sampled responses);
 * :mod:`.recipes`: the one copy of every trained model's configuration and training call, which
-  the artifact cache and notebooks 06 and 07 share.
+  the artifact cache and notebooks 06 and 07 share;
+* :mod:`.memorisation`: notebook 06's positive control for memorisation (a copy trained on one
+  passage until it recites it) and how often the pre-training saw each character.
 """
