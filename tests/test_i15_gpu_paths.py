@@ -222,7 +222,8 @@ def test_seq2seq_decoder_step_compiles_without_breaks():
     ex = _explain(lambda y, s: s2s.step(y, s, mem), torch.tensor([1, 1]), mem.s0)
     assert ex.graph_break_count == 0 and ex.graph_count == 1, [str(b.reason) for b in ex.break_reasons]
     with pytest.raises(ValueError, match="all padding"):  # a mask given by hand is still checked
-        s2s.decoder_step(torch.tensor([1, 1]), mem.s0, mem.H, torch.ones(2, 5, dtype=torch.bool), keys=mem.keys)
+        # src_valid all False (True = real token): every row is padding
+        s2s.decoder_step(torch.tensor([1, 1]), mem.s0, mem.H, torch.zeros(2, 5, dtype=torch.bool), keys=mem.keys)
 
 
 def test_rnn_generation_checks_the_prompt_once_not_every_token(monkeypatch):

@@ -99,7 +99,7 @@ def test_the_grid_runs_a_real_model_and_refuses_what_does_not_fit(model):
     scores = sft.in_context_scores(model, tok, ["first"], WORDS[:3], WORDS[3:], [0, 1], [0])
     assert set(scores) == {"first"} and all(0.0 <= s <= 1.0 for v in scores["first"].values() for s in v)
     long = ["abcdefghijkl", "mnopqrstuvwx", "abcdefghijkm", "abcdefghijkn", "abcdefghijko", "abcdefghijkp"]
-    with pytest.raises(ValueError, match="fit block_size=64 together, got 117 \+ 13 tokens"):
+    with pytest.raises(ValueError, match=r"fit block_size=64 together, got 117 \+ 13 tokens"):
         sft.in_context_scores(model, tok, ["copy"], long[:1], long[1:], [4], [0])
     for bad in ("copy", ["reverse"], []):
         with pytest.raises(ValueError, match="tasks must be"):
