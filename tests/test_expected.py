@@ -2,15 +2,14 @@
 passes, strictness is where it should be, and the file covers every notebook and every header."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from course_lib import expected, nbfiles
+from test_benchmarks import load as _bench  # the benchmark scripts, loaded by path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
@@ -103,12 +102,6 @@ def test_bad_input_names_what_was_expected(tmp_path):
         expected.load(tmp_path / "absent.json")
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_make_course_fails_on_a_cpu_metric_outside_its_band(tmp_path):
@@ -205,10 +198,10 @@ def test_header_times_agree_with_the_measured_seconds(path):
     m = re.search(r"cpu(?: \(2 cores\))?: about (\d+|a|one) minutes?", times)
     assert m, f"{path.stem}: the header should say 'cpu (2 cores): about N minutes'; it says {times!r}"
     minutes = 1 if m.group(1) in ("a", "one") else int(m.group(1))
-    measured = entry["cpu"]["seconds"] / 60
+    measured = expected.seconds(path.stem, "cpu", REAL) / 60
     assert abs(minutes - measured) <= max(1.0, 0.35 * measured), \
         f"{path.stem}: header says about {minutes} min on cpu, measured {measured:.1f} min"
     smoke = re.search(r"smoke: (under a minute|seconds|about a minute)", times)
     if smoke:
         limit = 90 if smoke.group(1) == "about a minute" else 60
-        assert entry["smoke"]["seconds"] < limit, f"{path.stem}: header says smoke {smoke.group(1)}"
+        assert expected.seconds(path.stem, "smoke", REAL) < limit, f"{path.stem}: header says smoke {smoke.group(1)}"

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..models.lm import continuations, masked_lm_loss
 from ..tasks.instructions import FEW_SHOT_TASKS, STOP, Example, few_shot_set
+from .sequences import pack_sequences
 
 
 def sft_step_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_lm_loss
@@ -82,9 +83,7 @@ def greedy_writes(model, tokenizer, examples: Sequence[Example], batch_size: int
         with torch.no_grad():
             for i in range(0, len(seqs), batch_size):
                 chunk = seqs[i: i + batch_size]
-                ids = torch.zeros((len(chunk), max(len(p) + len(r) for p, r in chunk)), dtype=torch.long)
-                for j, (p, r) in enumerate(chunk):
-                    ids[j, : len(p) + len(r)] = torch.tensor(p + r)
+                ids = pack_sequences([p for p, _ in chunk], [r for _, r in chunk], block, pad_id=0)["ids"]
                 pred = model(ids.to(device)).argmax(-1).cpu()  # pred[:, t] is the likeliest token t + 1
                 out += [bool((pred[j, len(p) - 1: len(p) + len(r) - 1] == torch.tensor(r)).all())
                         for j, (p, r) in enumerate(chunk)]
